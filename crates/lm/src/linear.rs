@@ -1,0 +1,239 @@
+//! The one linear layer every model uses: float or GGML-quantized weight,
+//! optional bias, built from a weight-source request.
+//!
+//! Model code says how each layer splits under tensor parallelism
+//! ([`Split`], MLX's two strategies); the loader's [`Shard`] turns that into
+//! the slice this rank reads. A single process is `Shard::WHOLE` and reads
+//! everything; a tensor-parallel `ShardedLinear` later adds the all_sum after
+//! `Split::Input` layers, without touching the model files.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Tensor};
+
+use crate::error::LmError;
+use crate::model::Quantize;
+use crate::weights::{Loader, Slice, Weight};
+
+/// How a layer divides across tensor-parallel ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Output features divided (all-to-sharded): q, k, v, gate, up.
+    Output,
+    /// Input features divided, partial outputs summed across ranks
+    /// (sharded-to-all): o, down.
+    Input,
+    /// Held whole by every rank: routers, the output head.
+    Whole,
+}
+
+/// This process's place in a tensor-parallel group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub size: usize,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { rank: 0, size: 1 };
+
+    /// The part of a `[out_dim, in_dim]` weight this rank reads for `split`;
+    /// the error says which dimension does not divide evenly.
+    pub fn slice(&self, split: Split, out_dim: usize, in_dim: usize) -> Result<Slice, String> {
+        if self.size <= 1 || split == Split::Whole {
+            return Ok(Slice::Full);
+        }
+        let (dim, name) = match split {
+            Split::Output => (out_dim, "output"),
+            Split::Input => (in_dim, "input"),
+            Split::Whole => return Ok(Slice::Full),
+        };
+        if !dim.is_multiple_of(self.size) {
+            return Err(format!(
+                "{dim} {name} features do not split evenly over {} ranks",
+                self.size
+            ));
+        }
+        let part = dim / self.size;
+        let range = self.rank * part..(self.rank + 1) * part;
+        Ok(match split {
+            Split::Output => Slice::Rows(range),
+            _ => Slice::Cols(range),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    /// `[out, in]`, f32.
+    Float(Tensor),
+    Quantized(QMatMul),
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` (stored `[out_dim, in_dim]`) and, when `bias`,
+    /// `{prefix}.bias`: this rank's part of them for `split`.
+    pub fn load(
+        loader: &mut Loader,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        split: Split,
+    ) -> Result<Linear, LmError> {
+        let slice = loader
+            .shard()
+            .slice(split, out_dim, in_dim)
+            .map_err(|why| LmError::BadSlice {
+                path: loader.path().to_path_buf(),
+                tensor: format!("{prefix}.weight"),
+                slice: format!("{split:?} split"),
+                why,
+            })?;
+        Linear::load_slice(loader, prefix, in_dim, out_dim, bias, &slice)
+    }
+
+    /// Like [`Linear::load`] with an explicit slice. A row slice takes the
+    /// matching bias entries; a column slice keeps the whole bias.
+    pub fn load_slice(
+        loader: &mut Loader,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        slice: &Slice,
+    ) -> Result<Linear, LmError> {
+        let weight = loader.weight(&format!("{prefix}.weight"), &[out_dim, in_dim], slice)?;
+        let bias = if bias {
+            let bias_slice = match slice {
+                Slice::Rows(r) => Slice::Rows(r.clone()),
+                Slice::Full | Slice::Cols(_) => Slice::Full,
+            };
+            let b = loader.weight(&format!("{prefix}.bias"), &[out_dim], &bias_slice)?;
+            Some(b.into_float()?)
+        } else {
+            None
+        };
+        Ok(Linear::from_weight(weight, bias, loader.quantize())?)
+    }
+
+    /// Wraps a loaded weight; float weights are quantized when asked and
+    /// their input width is whole GGML blocks (else they stay float).
+    pub fn from_weight(
+        weight: Weight,
+        bias: Option<Tensor>,
+        quantize: Option<Quantize>,
+    ) -> candle_core::Result<Linear> {
+        let weight = match (weight, quantize) {
+            (Weight::Quantized(q), _) => LinearWeight::Quantized(QMatMul::from_qtensor(q)?),
+            (Weight::Float(t), Some(q)) => {
+                let dtype = match q {
+                    Quantize::Q8 => GgmlDType::Q8_0,
+                    Quantize::Q4 => GgmlDType::Q4_0,
+                };
+                let in_dim = t.dims().last().copied().unwrap_or(0);
+                if in_dim.is_multiple_of(dtype.block_size()) && in_dim > 0 {
+                    let q = QTensor::quantize(&t, dtype)?;
+                    LinearWeight::Quantized(QMatMul::from_qtensor(q)?)
+                } else {
+                    tracing::debug!(in_dim, "input width is not whole blocks: kept float");
+                    LinearWeight::Float(t)
+                }
+            }
+            (Weight::Float(t), None) => LinearWeight::Float(t),
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// A bias-free layer over a quantized tensor shared with another user
+    /// (an output head tied to a GGUF embedding table).
+    pub fn from_shared_qtensor(q: std::sync::Arc<QTensor>) -> candle_core::Result<Linear> {
+        Ok(Linear {
+            weight: LinearWeight::Quantized(QMatMul::from_arc(q)?),
+            bias: None,
+        })
+    }
+
+    /// `x`: `[..., in]`, contiguous, f32. Returns `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.weight {
+            LinearWeight::Quantized(q) => q.forward(x)?,
+            LinearWeight::Float(w) => {
+                let dims = x.dims();
+                if dims.len() == 2 {
+                    x.matmul(&w.t()?)?
+                } else {
+                    let in_dim = dims.last().copied().unwrap_or(0);
+                    let mut out_dims = dims.to_vec();
+                    if let Some(last) = out_dims.last_mut() {
+                        *last = w.dim(0)?;
+                    }
+                    x.reshape(((), in_dim))?
+                        .matmul(&w.t()?)?
+                        .reshape(out_dims)?
+                }
+            }
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, LinearWeight::Quantized(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn float_linear_matches_manual_product_with_bias() {
+        let w = Tensor::new(&[[1f32, 2.], [3., 4.], [5., 6.]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.5f32, 0., -1.], &Device::Cpu).unwrap();
+        let l = Linear::from_weight(Weight::Float(w), Some(b), None).unwrap();
+        let x = Tensor::new(&[[1f32, 1.]], &Device::Cpu).unwrap();
+        let y = l.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(y, vec![vec![3.5, 7., 10.]]);
+    }
+
+    #[test]
+    fn shard_slices_split_output_rows_and_input_columns() {
+        let two = Shard { rank: 1, size: 2 };
+        assert_eq!(two.slice(Split::Output, 8, 4), Ok(Slice::Rows(4..8)));
+        assert_eq!(two.slice(Split::Input, 8, 4), Ok(Slice::Cols(2..4)));
+        assert_eq!(two.slice(Split::Whole, 8, 4), Ok(Slice::Full));
+        assert_eq!(Shard::WHOLE.slice(Split::Output, 8, 4), Ok(Slice::Full));
+        assert!(
+            Shard { rank: 0, size: 3 }
+                .slice(Split::Output, 8, 4)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn q8_quantized_linear_stays_close_to_float() {
+        let w = Tensor::randn(0f32, 1., (64, 64), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1., (3, 64), &Device::Cpu).unwrap();
+        let float = Linear::from_weight(Weight::Float(w.clone()), None, None).unwrap();
+        let q8 = Linear::from_weight(Weight::Float(w), None, Some(Quantize::Q8)).unwrap();
+        assert!(q8.is_quantized());
+        let a = float.forward(&x).unwrap();
+        let b = q8.forward(&x).unwrap();
+        let diff = (a.clone() - b).unwrap().abs().unwrap().max_all().unwrap();
+        let scale = a.abs().unwrap().max_all().unwrap();
+        let (diff, scale) = (
+            diff.to_scalar::<f32>().unwrap(),
+            scale.to_scalar::<f32>().unwrap(),
+        );
+        assert!(diff < 0.02 * scale, "q8 diff {diff} vs scale {scale}");
+    }
+}
