@@ -4,3 +4,28 @@
 //!
 //! Every linear layer is built so that it can be split across ranks later;
 //! nothing here allocates per generated token beyond what candle needs.
+
+pub mod config;
+pub mod error;
+pub mod kv_cache;
+pub mod linear;
+pub mod model;
+pub mod models;
+pub mod rope;
+pub mod weights;
+
+pub mod chat;
+pub mod chat_template;
+pub mod generate;
+pub mod sampling;
+pub mod stream;
+pub mod threads;
+pub mod tokenizer;
+
+pub use chat::ChatSession;
+pub use chat_template::{ChatTemplate, Message};
+pub use error::LmError;
+pub use generate::{FinishReason, GenerateOptions, Generation, Generator, generate};
+pub use model::{LoadOptions, Logits, Model, ModelInfo, Quantize};
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;
