@@ -49,6 +49,7 @@ mod exit;
 mod hostfile;
 mod local;
 mod output;
+pub mod probe;
 mod quote;
 mod rank;
 mod report;
