@@ -8,6 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 hostfile=$(mktemp --suffix=.json)
 trap 'rm -f "$hostfile"; kill $(jobs -p) 2>/dev/null || true' EXIT
 base=$((20000 + RANDOM % 20000))
+PY=${PYTHON:-python3}
 python3 - "$n" "$base" > "$hostfile" <<'PY'
 import json, sys
 n, base = int(sys.argv[1]), int(sys.argv[2])
@@ -15,7 +16,7 @@ print(json.dumps([[f"127.0.0.1:{base + i}"] for i in range(n)]))
 PY
 pids=()
 for ((r = 0; r < n; r++)); do
-  MLX_RANK=$r MLX_HOSTFILE=$hostfile python3 "$here/bench_mlx_comm.py" "$sizes" &
+  MLX_RANK=$r MLX_HOSTFILE=$hostfile "$PY" "$here/bench_mlx_comm.py" "$sizes" &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done

@@ -1,9 +1,68 @@
 //! huddle-comm: collective communication between the ranks of a job.
 //!
-//! A [`Group`] of ranks exchanges data with all_sum, all_gather,
-//! reduce_scatter, broadcast, send/recv and barrier, over TCP (and shared
-//! memory for ranks on one host). Transports only move bytes between two
-//! ranks; algorithms (ring, mesh) decide which bytes move when.
+//! A [`Group`] of ranks exchanges data with all_sum (max, min, prod),
+//! all_gather, reduce_scatter, broadcast, send/recv and barrier, over f32,
+//! f16, bf16, f64, i32, i64 and u8. Start one with [`init`] (from the
+//! launcher's environment; a single-rank group when there is none),
+//! [`init_strict`], or [`GroupBuilder`].
+//!
+//! How it is put together (top to bottom):
+//! - `group`: the public API; argument checks, sequence numbers, choice of
+//!   algorithm (rank 0 measures the ring/mesh switch-over size at init).
+//! - `algo`: ring and mesh algorithms. They post sends and receives on an
+//!   `engine::Op` and never touch a socket. Every algorithm folds an
+//!   element's contributions in one canonical order (`algo::layout`), so
+//!   results are bit-identical across ranks, reruns and algorithms.
+//! - `engine`: posted receives, early messages, completions, failures.
+//! - `io_thread` + `transport`: one poll-driven thread per process moves
+//!   framed bytes over TCP (several striped connections per peer),
+//!   heartbeats every peer and reports a silent or vanished one by rank.
+//! - `bootstrap` + `auth`: joining through rank 0, token handshake on every
+//!   connection.
 //!
 //! This crate must never depend on an ML library, never spin a core while
 //! waiting, and never hang on a dead peer.
+
+mod algo;
+mod auth;
+mod bootstrap;
+mod calibrate;
+mod codec;
+mod config;
+mod dtype;
+mod engine;
+mod env;
+mod error;
+mod group;
+mod io_thread;
+mod pending;
+mod transport;
+mod wire;
+
+pub use config::{
+    Algo, Config, DEFAULT_PIECE_BYTES, GroupBuilder, MAX_WORLD_SIZE, parse_token_hex,
+};
+pub use dtype::{DType, Element, ReduceOp};
+pub use env::{config_from, config_from_env};
+pub use error::{CommError, Result};
+pub use group::Group;
+pub use half::{bf16, f16};
+pub use pending::Pending;
+
+/// The group of the whole job, from the launcher's environment; a
+/// single-rank group when the environment says nothing. A partial
+/// environment is an error, never a silent single-rank run.
+pub fn init() -> Result<Group> {
+    match config_from_env()? {
+        Some(cfg) => Group::connect(cfg),
+        None => Ok(Group::single()),
+    }
+}
+
+/// As [`init`], but an error when not started by a launcher.
+pub fn init_strict() -> Result<Group> {
+    match config_from_env()? {
+        Some(cfg) => Group::connect(cfg),
+        None => Err(CommError::NotLaunched),
+    }
+}

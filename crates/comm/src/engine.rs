@@ -1,0 +1,424 @@
+//! The meeting point of callers and the I/O thread: posted receives,
+//! messages that arrived before anyone asked for them, queued sends,
+//! completions, and the failure state.
+//!
+//! Algorithms talk to it through [`Op`], one per call: `send`, `recv` and
+//! `wait`, keyed by (group, sequence number, tag). An `Op` never returns
+//! while the I/O thread may still touch the caller's memory, even on error.
+//! Any failure poisons the engine: every pending and later call reports it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crate::bootstrap::Tuning;
+use crate::error::{CommError, Result};
+use crate::transport::{OutFrame, Payload, RawConst, RawMut};
+use crate::wire::{FrameKind, Header, Key, OpDesc};
+
+/// Sends up to this size are copied at once, so the caller never waits for
+/// them (and two ranks sending to each other never block each other).
+const INLINE_SEND_MAX: usize = 64 * 1024;
+
+pub(crate) struct Posted {
+    pub mem: RawMut,
+    pub ticket: u64,
+}
+
+pub(crate) struct State {
+    next_ticket: u64,
+    pub outbox: Vec<OutFrame>,
+    pub posted: HashMap<(usize, Key), Posted>,
+    pub unexpected: HashMap<(usize, Key), (OpDesc, Vec<u8>)>,
+    pub completed: HashSet<u64>,
+    /// What this rank is doing in (src, group, seq): incoming frames must agree.
+    pub expect: HashMap<(usize, u64, u64), OpDesc>,
+    /// What a peer announced for (src, group, seq) before this rank got there.
+    pub early: HashMap<(usize, u64, u64), OpDesc>,
+    pub error: Option<CommError>,
+    /// The I/O thread has dropped every pointer into caller memory.
+    pub purged: bool,
+    pub shutdown: bool,
+    /// Peers that closed their group cleanly.
+    pub gone: Vec<bool>,
+    /// Socket of each peer's first connection (-1: none).
+    pub direct_fd: Vec<std::os::fd::RawFd>,
+    /// A caller may write to `direct_fd[p]` itself: the I/O thread has
+    /// nothing queued on it and will not write to it until it clears this
+    /// flag (under the lock). Saves waking the I/O thread for small frames.
+    pub idle: Vec<bool>,
+}
+
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    /// Set (after the change, under the lock) whenever the outbox or the
+    /// shutdown flag changed, so the I/O thread locks only when needed.
+    pub submitted: AtomicBool,
+    /// Mirrors `State::error.is_some()` for the I/O thread's loop.
+    pub failed: AtomicBool,
+    pub cond: Condvar,
+    pub waker: mio::Waker,
+    pub me: usize,
+}
+
+impl Shared {
+    pub fn new(waker: mio::Waker, me: usize, world: usize) -> Self {
+        Shared {
+            state: Mutex::new(State {
+                next_ticket: 1,
+                outbox: Vec::new(),
+                posted: HashMap::new(),
+                unexpected: HashMap::new(),
+                completed: HashSet::new(),
+                expect: HashMap::new(),
+                early: HashMap::new(),
+                error: None,
+                purged: false,
+                shutdown: false,
+                gone: vec![false; world],
+                direct_fd: vec![-1; world],
+                idle: vec![false; world],
+            }),
+            cond: Condvar::new(),
+            submitted: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            waker,
+            me,
+        }
+    }
+
+    /// A poisoned mutex means a thread panicked while holding it; the state
+    /// is still consistent enough to report errors, so keep going.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake_io(&self) {
+        // Failing to wake leaves the I/O thread on its next timer tick.
+        let _ = self.waker.wake();
+    }
+
+    /// Records the first failure and lets the I/O thread purge.
+    pub fn poison(&self, st: &mut State, err: CommError) {
+        if st.error.is_none() {
+            tracing::debug!("rank {}: {err}", self.me);
+            st.error = Some(err);
+            self.failed.store(true, Ordering::Release);
+        }
+        self.cond.notify_all();
+    }
+
+    /// Waits until the I/O thread no longer references caller memory, and
+    /// returns the failure.
+    fn fail(&self, mut st: MutexGuard<'_, State>) -> CommError {
+        self.wake_io();
+        while !st.purged {
+            st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.error.clone().unwrap_or(CommError::Shutdown)
+    }
+}
+
+/// A completion to wait for; 0 means done already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket(u64);
+
+/// A running engine: the shared state and its I/O thread.
+pub(crate) struct Engine {
+    pub shared: Arc<Shared>,
+    pub tuning: Tuning,
+    io: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    pub fn new(shared: Arc<Shared>, tuning: Tuning, io: JoinHandle<()>) -> Self {
+        Engine {
+            shared,
+            tuning,
+            io: Mutex::new(Some(io)),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            st.shutdown = true;
+            self.shared.submitted.store(true, Ordering::Release);
+        }
+        self.shared.wake_io();
+        let handle = self.io.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One collective or point-to-point call in flight.
+pub(crate) struct Op<'e> {
+    shared: &'e Shared,
+    group: u64,
+    seq: u64,
+    desc: OpDesc,
+    srcs: Vec<usize>,
+    outstanding: Vec<u64>,
+}
+
+impl<'e> Op<'e> {
+    /// Starts a call that will receive from `srcs` (world ranks), checking
+    /// what those peers already announced for the same (group, seq).
+    pub fn begin(
+        engine: &'e Engine,
+        group: u64,
+        seq: u64,
+        desc: OpDesc,
+        srcs: Vec<usize>,
+    ) -> Result<Op<'e>> {
+        let shared = &*engine.shared;
+        let mut st = shared.lock();
+        if st.error.is_some() {
+            return Err(shared.fail(st));
+        }
+        for &src in &srcs {
+            st.expect.insert((src, group, seq), desc);
+            if let Some(theirs) = st.early.remove(&(src, group, seq))
+                && theirs != desc
+            {
+                let err = mismatch(group, shared.me, &desc, src, &theirs);
+                shared.poison(&mut st, err);
+            }
+        }
+        if st.error.is_some() {
+            return Err(shared.fail(st));
+        }
+        Ok(Op {
+            shared,
+            group,
+            seq,
+            desc,
+            srcs,
+            outstanding: Vec::new(),
+        })
+    }
+
+    fn key(&self, tag: u64) -> Key {
+        Key {
+            group: self.group,
+            seq: self.seq,
+            tag,
+        }
+    }
+
+    /// Posts a receive of exactly `dst.len()` bytes from `src`.
+    ///
+    /// # Safety
+    /// `dst` must stay alive and untouched until the returned ticket is
+    /// waited for or this `Op` is dropped (both block until the I/O thread
+    /// is done with it).
+    pub unsafe fn recv(&mut self, src: usize, tag: u64, dst: &mut [u8]) -> Result<Ticket> {
+        let key = self.key(tag);
+        let mut st = self.shared.lock();
+        if st.error.is_some() {
+            return Err(self.shared.fail(st));
+        }
+        if let Some((theirs, data)) = st.unexpected.remove(&(src, key)) {
+            drop(st);
+            if theirs != self.desc || data.len() != dst.len() {
+                let mut st = self.shared.lock();
+                let err = mismatch(self.group, self.shared.me, &self.desc, src, &theirs);
+                self.shared.poison(&mut st, err);
+                return Err(self.shared.fail(st));
+            }
+            dst.copy_from_slice(&data);
+            return Ok(Ticket(0));
+        }
+        if st.gone[src] {
+            let err = CommError::PeerLost {
+                rank: src,
+                reason: format!(
+                    "it closed its group before sending the data of {} that this rank waits for",
+                    self.desc
+                ),
+            };
+            self.shared.poison(&mut st, err);
+            return Err(self.shared.fail(st));
+        }
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.posted.insert(
+            (src, key),
+            Posted {
+                mem: RawMut {
+                    ptr: dst.as_mut_ptr(),
+                    len: dst.len(),
+                },
+                ticket,
+            },
+        );
+        self.outstanding.push(ticket);
+        Ok(Ticket(ticket))
+    }
+
+    /// Queues `data` for `peer`. Small payloads are copied and done at once;
+    /// large ones are written from `data` directly.
+    ///
+    /// # Safety
+    /// As for [`Op::recv`]: `data` must stay alive and unmodified until the
+    /// ticket is waited for or this `Op` is dropped.
+    pub unsafe fn send(&mut self, peer: usize, tag: u64, data: &[u8]) -> Result<Ticket> {
+        let header = Header {
+            kind: FrameKind::Data,
+            desc: self.desc,
+            key: self.key(tag),
+            len: data.len() as u64,
+        }
+        .encode();
+        let inline = data.len() <= INLINE_SEND_MAX;
+        let payload = if data.is_empty() {
+            Payload::Empty
+        } else if inline {
+            Payload::Owned(data.to_vec())
+        } else {
+            Payload::Borrowed(RawConst {
+                ptr: data.as_ptr(),
+                len: data.len(),
+            })
+        };
+        let mut st = self.shared.lock();
+        if st.error.is_some() {
+            return Err(self.shared.fail(st));
+        }
+        let ticket = if inline {
+            None
+        } else {
+            let t = st.next_ticket;
+            st.next_ticket += 1;
+            self.outstanding.push(t);
+            Some(t)
+        };
+        let mut written = None;
+        if inline && st.idle[peer] && !st.outbox.iter().any(|f| f.peer == peer) {
+            let n =
+                crate::transport::tcp::write_direct(st.direct_fd[peer], &header, payload.bytes());
+            if n == header.len() + payload.len() {
+                return Ok(Ticket(0));
+            }
+            if n > 0 {
+                st.idle[peer] = false;
+                written = Some(n);
+            }
+        }
+        let was_empty = st.outbox.is_empty();
+        st.outbox.push(OutFrame {
+            peer,
+            header,
+            payload,
+            ticket,
+            written,
+        });
+        self.shared.submitted.store(true, Ordering::Release);
+        drop(st);
+        if was_empty {
+            self.shared.wake_io();
+        }
+        Ok(Ticket(ticket.unwrap_or(0)))
+    }
+
+    /// Blocks until `t` completes or the engine fails.
+    pub fn wait(&mut self, t: Ticket) -> Result<()> {
+        if t.0 == 0 {
+            return Ok(());
+        }
+        let mut st = self.shared.lock();
+        loop {
+            if st.completed.remove(&t.0) {
+                if let Some(i) = self.outstanding.iter().rposition(|x| *x == t.0) {
+                    self.outstanding.swap_remove(i);
+                }
+                return Ok(());
+            }
+            if st.error.is_some() {
+                return Err(self.shared.fail(st));
+            }
+            st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits for everything still outstanding (typically the sends).
+    pub fn finish(mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.outstanding);
+        for t in pending {
+            self.wait(Ticket(t))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        for &src in &self.srcs {
+            st.expect.remove(&(src, self.group, self.seq));
+        }
+        // Never give memory back while the I/O thread may still use it.
+        while !self.outstanding.is_empty() {
+            self.outstanding.retain(|t| !st.completed.remove(t));
+            if self.outstanding.is_empty() {
+                break;
+            }
+            if st.error.is_some() {
+                let _ = self.shared.fail(st);
+                return;
+            }
+            st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+pub(crate) fn mismatch(
+    group: u64,
+    me: usize,
+    mine: &OpDesc,
+    them: usize,
+    theirs: &OpDesc,
+) -> CommError {
+    CommError::Mismatch {
+        group,
+        local: me,
+        local_op: mine.to_string(),
+        remote: them,
+        remote_op: theirs.to_string(),
+    }
+}
+
+/// The payload of an Abort frame: who is to blame and why, so every rank
+/// reports the root cause rather than "rank 1 went away".
+pub(crate) fn encode_abort(err: &CommError, me: usize) -> Option<Vec<u8>> {
+    let mut e = crate::codec::Encoder::default();
+    match err {
+        CommError::PeerLost { rank, reason } => {
+            e.u8(1).u64(*rank as u64).str(reason);
+        }
+        CommError::Aborted { .. } | CommError::Shutdown => return None,
+        other => {
+            e.u8(2).u64(me as u64).str(&other.to_string());
+        }
+    }
+    Some(e.0)
+}
+
+pub(crate) fn decode_abort(payload: &[u8], from: usize) -> CommError {
+    let mut d = crate::codec::Decoder::new(payload);
+    match (d.u8(), d.u64(), d.str()) {
+        (Some(1), Some(rank), Some(reason)) => CommError::PeerLost {
+            rank: rank as usize,
+            reason: format!("{reason} (reported by rank {from})"),
+        },
+        (_, _, reason) => CommError::Aborted {
+            rank: from,
+            reason: reason.unwrap_or_else(|| "no reason given".into()),
+        },
+    }
+}

@@ -1,0 +1,172 @@
+//! Reading the launcher's environment contract (see the README):
+//! HUDDLE_RANK, HUDDLE_WORLD_SIZE, HUDDLE_LOCAL_RANK, HUDDLE_LOCAL_SIZE,
+//! HUDDLE_COORDINATOR, HUDDLE_JOB_TOKEN, plus optional tuning
+//! (HUDDLE_ALGO, HUDDLE_PEER_TIMEOUT, HUDDLE_JOIN_TIMEOUT,
+//! HUDDLE_CONNS_PER_PEER, HUDDLE_PIECE_BYTES).
+
+use std::time::Duration;
+
+use crate::config::{Algo, Config, GroupBuilder, parse_token_hex};
+use crate::error::{CommError, Result};
+
+const REQUIRED: [&str; 4] = [
+    "HUDDLE_RANK",
+    "HUDDLE_WORLD_SIZE",
+    "HUDDLE_COORDINATOR",
+    "HUDDLE_JOB_TOKEN",
+];
+const LOCAL: [&str; 2] = ["HUDDLE_LOCAL_RANK", "HUDDLE_LOCAL_SIZE"];
+
+/// The configuration the launcher set, `None` when it set nothing.
+pub fn config_from_env() -> Result<Option<Config>> {
+    config_from(|k| std::env::var(k).ok())
+}
+
+/// As [`config_from_env`], over any variable lookup (testable without
+/// touching the process environment).
+pub fn config_from(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>> {
+    let set: Vec<&str> = REQUIRED
+        .iter()
+        .chain(LOCAL.iter())
+        .copied()
+        .filter(|k| get(k).is_some())
+        .collect();
+    if set.is_empty() {
+        return Ok(None);
+    }
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .copied()
+        .filter(|k| get(k).is_none())
+        .collect();
+    let local_set = LOCAL.iter().filter(|k| get(k).is_some()).count();
+    let mut missing_all = missing.clone();
+    if local_set == 1 {
+        missing_all.extend(LOCAL.iter().copied().filter(|k| get(k).is_none()));
+    }
+    if !missing_all.is_empty() {
+        return Err(CommError::PartialEnv {
+            set: set.join(", "),
+            missing: missing_all.join(", "),
+        });
+    }
+    let num = |var: &'static str| -> Result<usize> {
+        let v = get(var).unwrap_or_default();
+        v.trim().parse::<usize>().map_err(|_| CommError::Env {
+            var,
+            reason: format!("`{v}` is not a non-negative integer"),
+        })
+    };
+    let secs = |var: &'static str, default: u64| -> Result<Duration> {
+        match get(var) {
+            None => Ok(Duration::from_secs(default)),
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or(CommError::Env {
+                    var,
+                    reason: format!("`{v}` is not a positive number of seconds"),
+                }),
+        }
+    };
+    let rank = num("HUDDLE_RANK")?;
+    let world_size = num("HUDDLE_WORLD_SIZE")?;
+    let coordinator = get("HUDDLE_COORDINATOR").unwrap_or_default();
+    let token_hex = get("HUDDLE_JOB_TOKEN").unwrap_or_default();
+    let token = parse_token_hex(&token_hex).ok_or(CommError::Env {
+        var: "HUDDLE_JOB_TOKEN",
+        reason: "not a non-empty hex string".into(),
+    })?;
+    let mut b = GroupBuilder::new(rank, world_size, coordinator, &token)
+        .peer_timeout(secs("HUDDLE_PEER_TIMEOUT", 30)?)
+        .join_timeout(secs("HUDDLE_JOIN_TIMEOUT", 60)?);
+    if local_set == 2 {
+        b = b.local(num("HUDDLE_LOCAL_RANK")?, num("HUDDLE_LOCAL_SIZE")?);
+    }
+    if let Some(a) = get("HUDDLE_ALGO") {
+        let algo = Algo::parse(&a).ok_or(CommError::Env {
+            var: "HUDDLE_ALGO",
+            reason: format!("`{a}` is not one of ring, mesh, auto"),
+        })?;
+        b = b.algo(algo);
+    }
+    if get("HUDDLE_CONNS_PER_PEER").is_some() {
+        b = b.conns_per_peer(num("HUDDLE_CONNS_PER_PEER")?);
+    }
+    if get("HUDDLE_PIECE_BYTES").is_some() {
+        b = b.piece_bytes(num("HUDDLE_PIECE_BYTES")?);
+    }
+    let config = b.config().clone();
+    config.validate().map_err(|e| match e {
+        CommError::Config(reason) => CommError::Env {
+            var: "HUDDLE_RANK/HUDDLE_WORLD_SIZE/HUDDLE_CONNS_PER_PEER",
+            reason,
+        },
+        other => other,
+    })?;
+    Ok(Some(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    const FULL: [(&str, &str); 4] = [
+        ("HUDDLE_RANK", "1"),
+        ("HUDDLE_WORLD_SIZE", "3"),
+        ("HUDDLE_COORDINATOR", "[::1]:4000"),
+        ("HUDDLE_JOB_TOKEN", "abcd"),
+    ];
+
+    #[test]
+    fn nothing_set_means_single_rank() {
+        assert!(config_from(lookup(&[])).unwrap().is_none());
+    }
+
+    #[test]
+    fn partial_set_is_an_error_naming_what_is_missing() {
+        let err = config_from(lookup(&FULL[..2])).unwrap_err().to_string();
+        assert!(err.contains("HUDDLE_COORDINATOR"), "{err}");
+        assert!(err.contains("HUDDLE_JOB_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn full_set_parses_with_tuning() {
+        let mut pairs = FULL.to_vec();
+        pairs.push(("HUDDLE_ALGO", "mesh"));
+        pairs.push(("HUDDLE_PEER_TIMEOUT", "2.5"));
+        pairs.push(("HUDDLE_CONNS_PER_PEER", "3"));
+        let c = config_from(lookup(&pairs)).unwrap().unwrap();
+        assert_eq!((c.rank, c.world_size, c.conns_per_peer), (1, 3, 3));
+        assert_eq!(c.algo, Algo::Mesh);
+        assert_eq!(c.peer_timeout, Duration::from_millis(2500));
+        assert_eq!(c.token, vec![0xab, 0xcd]);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let mut pairs = FULL.to_vec();
+        pairs.push(("HUDDLE_ALGO", "tree"));
+        let err = config_from(lookup(&pairs)).unwrap_err().to_string();
+        assert!(err.contains("HUDDLE_ALGO"), "{err}");
+        let mut pairs = FULL.to_vec();
+        pairs[0] = ("HUDDLE_RANK", "7");
+        assert!(config_from(lookup(&pairs)).is_err());
+        let mut pairs = FULL.to_vec();
+        pairs[3] = ("HUDDLE_JOB_TOKEN", "xyz");
+        let err = config_from(lookup(&pairs)).unwrap_err().to_string();
+        assert!(err.contains("HUDDLE_JOB_TOKEN"), "{err}");
+    }
+}

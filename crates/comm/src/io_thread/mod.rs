@@ -1,0 +1,483 @@
+//! The one I/O thread of a process: it blocks in `poll` (never spins),
+//! writes queued frames, reads and matches incoming ones, sends heartbeats,
+//! and turns a silent or vanished peer into an error naming it.
+//!
+//! Shutdown is orderly: flush every queue, say Bye on every connection,
+//! then wait (briefly) for the peers' end of stream, so that no rank loses
+//! data a departing rank had already sent.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+
+use crate::engine::{Shared, encode_abort};
+
+mod sink;
+use crate::error::CommError;
+use crate::transport::tcp::TcpConn;
+use crate::transport::{OutFrame, Payload};
+use crate::wire::{FrameKind, Header};
+use sink::Sink;
+
+pub(crate) const WAKER: Token = Token(usize::MAX);
+/// How long a departing rank waits for its peers to finish reading.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+struct Peer {
+    conns: Vec<usize>,
+    next: usize,
+    last_recv: Instant,
+    /// Crashed, killed, timed out: a failure for everyone.
+    lost: bool,
+    /// Closed its group cleanly (Bye on every connection).
+    gone: bool,
+}
+
+enum Closing {
+    Open,
+    Flushing(Instant),
+    Draining(Instant),
+}
+
+pub(crate) struct IoThread {
+    poll: Poll,
+    conns: Vec<TcpConn>,
+    peers: Vec<Peer>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+    heartbeat_every: Duration,
+    done: Vec<u64>,
+    closing: Closing,
+    /// What this thread last published in `State::idle`.
+    idle: Vec<bool>,
+}
+
+impl IoThread {
+    pub fn new(
+        poll: Poll,
+        shared: Arc<Shared>,
+        streams: Vec<(usize, std::net::TcpStream)>,
+        world: usize,
+        timeout: Duration,
+    ) -> io::Result<IoThread> {
+        let now = Instant::now();
+        let mut peers: Vec<Peer> = (0..world)
+            .map(|_| Peer {
+                conns: Vec::new(),
+                next: 0,
+                last_recv: now,
+                lost: false,
+                gone: false,
+            })
+            .collect();
+        let mut conns = Vec::new();
+        let mut direct_fd = vec![-1; world];
+        for (peer, s) in streams {
+            if direct_fd[peer] < 0 {
+                direct_fd[peer] = std::os::fd::AsRawFd::as_raw_fd(&s);
+            }
+            crate::transport::tcp::tune_stream(&s)?;
+            let mut stream = mio::net::TcpStream::from_std(s);
+            let i = conns.len();
+            poll.registry()
+                .register(&mut stream, Token(i), Interest::READABLE)?;
+            peers[peer].conns.push(i);
+            conns.push(TcpConn::new(stream, peer));
+        }
+        shared.lock().direct_fd = direct_fd;
+        Ok(IoThread {
+            poll,
+            conns,
+            peers,
+            shared,
+            heartbeat_every: (timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)),
+            timeout,
+            done: Vec::new(),
+            closing: Closing::Open,
+            idle: vec![false; world],
+        })
+    }
+
+    pub fn spawn(self, rank: usize) -> io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("huddle-io-{rank}"))
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut outbox = Vec::new();
+        let mut next_beat = Instant::now();
+        let (mut purged, mut closing) = (false, false);
+        loop {
+            let now = Instant::now();
+            let mut wait = next_beat.saturating_duration_since(now);
+            if !matches!(self.closing, Closing::Open) {
+                wait = wait.min(Duration::from_millis(20));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(wait))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                self.fail(CommError::io(self.shared.me, "polling sockets", e));
+                break;
+            }
+            let shutdown = if !self.shared.submitted.swap(false, Ordering::AcqRel) {
+                false
+            } else {
+                let mut st = self.shared.lock();
+                std::mem::swap(&mut st.outbox, &mut outbox);
+                // This thread may write to these peers' first connection now.
+                for f in &outbox {
+                    st.idle[f.peer] = false;
+                    self.idle[f.peer] = false;
+                }
+                if st.shutdown {
+                    st.idle.iter_mut().for_each(|i| *i = false);
+                    self.idle.iter_mut().for_each(|i| *i = false);
+                }
+                st.shutdown
+            };
+            for f in outbox.drain(..) {
+                self.route(f);
+            }
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER || t.0 >= self.conns.len() {
+                    continue;
+                }
+                if ev.is_writable() {
+                    self.conns[t.0].blocked = false;
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    // A peer's end of stream must be read, not inferred.
+                    self.read(t.0, ev.is_read_closed() || ev.is_error());
+                }
+            }
+            self.flush();
+            self.complete(shutdown);
+            let now = Instant::now();
+            if now >= next_beat {
+                self.beat(now);
+                next_beat = now + self.heartbeat_every;
+            }
+            if self.shared.failed.load(Ordering::Acquire) && !purged {
+                self.purge();
+                purged = true;
+            }
+            closing |= shutdown;
+            if closing && self.close_step(now) {
+                break;
+            }
+        }
+        let mut st = self.shared.lock();
+        st.idle.iter_mut().for_each(|i| *i = false);
+        st.purged = true;
+        st.posted.clear();
+        self.shared.cond.notify_all();
+    }
+
+    fn fail(&self, err: CommError) {
+        if !matches!(self.closing, Closing::Open) {
+            return;
+        }
+        let mut st = self.shared.lock();
+        self.shared.poison(&mut st, err);
+    }
+
+    fn route(&mut self, f: OutFrame) {
+        let p = f.peer;
+        let Some(peer) = self.peers.get_mut(p) else {
+            return;
+        };
+        if peer.lost || peer.gone {
+            if peer.gone && f.ticket.is_some() {
+                self.fail(CommError::PeerLost {
+                    rank: p,
+                    reason: "it closed its group before receiving data sent to it".into(),
+                });
+            }
+            return;
+        }
+        if let Some(written) = f.written {
+            let Some(&c) = peer.conns.first() else { return };
+            if !self.conns[c].closed && !self.conns[c].resume(f, written) {
+                self.fail(CommError::io(
+                    self.shared.me,
+                    format!("writing to rank {p}"),
+                    io::Error::other("a partly written frame found its connection busy"),
+                ));
+            }
+            return;
+        }
+        let open: Vec<usize> = peer
+            .conns
+            .iter()
+            .copied()
+            .filter(|&c| !self.conns[c].closed)
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        peer.next = peer.next.wrapping_add(1);
+        let c = open[peer.next % open.len()];
+        self.conns[c].wqueue.push_back(f);
+    }
+
+    /// Control frames go on the first open connection of each live peer.
+    fn control(&mut self, kind: FrameKind, payload: Payload) -> usize {
+        let mut sent = 0;
+        for p in 0..self.peers.len() {
+            if self.peers[p].lost || self.peers[p].gone {
+                continue;
+            }
+            if let Some(&c) = self.peers[p].conns.iter().find(|&&c| !self.conns[c].closed) {
+                self.claim(p);
+                let payload = match &payload {
+                    Payload::Owned(v) => Payload::Owned(v.clone()),
+                    _ => Payload::Empty,
+                };
+                self.conns[c].wqueue.push_back(OutFrame {
+                    peer: p,
+                    header: Header::control(kind, payload.len() as u64).encode(),
+                    payload,
+                    ticket: None,
+                    written: None,
+                });
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    fn read(&mut self, i: usize, to_the_end: bool) {
+        if self.conns[i].closed {
+            return;
+        }
+        let mut sink = Sink {
+            shared: &self.shared,
+            bye: false,
+            done: &mut self.done,
+        };
+        let r = self.conns[i].read_ready(&mut sink, to_the_end);
+        if sink.bye {
+            self.conns[i].bye_seen = true;
+        }
+        let peer = self.conns[i].peer;
+        match r {
+            Ok(pass) => {
+                if pass.got_bytes {
+                    self.peers[peer].last_recv = Instant::now();
+                }
+                if pass.eof {
+                    self.close(i, None);
+                }
+            }
+            Err(e) => self.close(i, Some(e)),
+        }
+    }
+
+    fn flush(&mut self) {
+        for i in 0..self.conns.len() {
+            let c = &mut self.conns[i];
+            if c.closed || c.blocked || c.wqueue.is_empty() {
+                continue;
+            }
+            if let Err(e) = c.write_ready(&mut self.done) {
+                self.close(i, Some(e));
+                continue;
+            }
+            // Watch for writability only while a write is stuck.
+            let want = c.blocked;
+            if want != c.watching_writes {
+                let interest = if want {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                match self
+                    .poll
+                    .registry()
+                    .reregister(&mut c.stream, Token(i), interest)
+                {
+                    Ok(()) => c.watching_writes = want,
+                    Err(e) => self.close(i, Some(e)),
+                }
+            }
+        }
+    }
+
+    /// Publishes completed sends, and which first connections callers may
+    /// write to themselves.
+    fn complete(&mut self, shutdown: bool) {
+        let free: Vec<usize> = if shutdown || !matches!(self.closing, Closing::Open) {
+            Vec::new()
+        } else {
+            (0..self.peers.len())
+                .filter(|&p| !self.idle[p] && !self.peers[p].lost && !self.peers[p].gone)
+                .filter(|&p| {
+                    self.peers[p]
+                        .conns
+                        .first()
+                        .is_some_and(|&c| !self.conns[c].closed && self.conns[c].wqueue.is_empty())
+                })
+                .collect()
+        };
+        if self.done.is_empty() && free.is_empty() {
+            return;
+        }
+        let mut st = self.shared.lock();
+        if st.error.is_none() {
+            for p in free {
+                st.idle[p] = true;
+                self.idle[p] = true;
+            }
+        }
+        if !self.done.is_empty() {
+            st.completed.extend(self.done.drain(..));
+            drop(st);
+            self.shared.cond.notify_all();
+        }
+    }
+
+    /// Takes a peer's first connection back from callers before this thread
+    /// writes to it or closes it.
+    fn claim(&mut self, p: usize) {
+        if self.idle[p] {
+            self.idle[p] = false;
+            self.shared.lock().idle[p] = false;
+        }
+    }
+
+    fn close(&mut self, i: usize, err: Option<io::Error>) {
+        if self.conns[i].closed {
+            return;
+        }
+        self.claim(self.conns[i].peer);
+        let c = &mut self.conns[i];
+        c.closed = true;
+        c.wqueue.clear();
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        let (p, clean) = (c.peer, c.bye_seen);
+        if self.peers[p].lost || self.peers[p].gone {
+            return;
+        }
+        if !clean {
+            self.lose(
+                p,
+                match err {
+                    None => "its connection closed unexpectedly (the process exited, crashed or was killed)".into(),
+                    Some(e) => format!("connection error: {e}"),
+                },
+            );
+            return;
+        }
+        if self.peers[p].conns.iter().all(|&c| self.conns[c].closed) {
+            self.peers[p].gone = true;
+            let mut st = self.shared.lock();
+            st.gone[p] = true;
+            let waiting = st.posted.keys().any(|(src, _)| *src == p);
+            if waiting && matches!(self.closing, Closing::Open) {
+                let err = CommError::PeerLost {
+                    rank: p,
+                    reason: "it closed its group while this rank still expected data from it"
+                        .into(),
+                };
+                self.shared.poison(&mut st, err);
+            }
+        }
+    }
+
+    fn lose(&mut self, p: usize, reason: String) {
+        self.peers[p].lost = true;
+        for k in 0..self.peers[p].conns.len() {
+            let c = self.peers[p].conns[k];
+            self.close(c, None);
+        }
+        self.fail(CommError::PeerLost { rank: p, reason });
+    }
+
+    fn beat(&mut self, now: Instant) {
+        if !matches!(self.closing, Closing::Open) {
+            return;
+        }
+        self.control(FrameKind::Heartbeat, Payload::Empty);
+        for p in 0..self.peers.len() {
+            let peer = &self.peers[p];
+            if peer.lost || peer.gone || peer.conns.is_empty() {
+                continue;
+            }
+            let silent = now.saturating_duration_since(peer.last_recv);
+            if silent > self.timeout {
+                self.lose(
+                    p,
+                    format!(
+                        "it sent nothing for {:.1} s (HUDDLE_PEER_TIMEOUT is {:.1} s): stopped, hung or unreachable",
+                        silent.as_secs_f64(),
+                        self.timeout.as_secs_f64()
+                    ),
+                );
+            }
+        }
+        self.flush();
+    }
+
+    /// Drops every pointer into caller memory, then tells the peers why this
+    /// rank is failing.
+    fn purge(&mut self) {
+        for c in &mut self.conns {
+            c.purge();
+        }
+        let err = {
+            let mut st = self.shared.lock();
+            st.posted.clear();
+            st.purged = true;
+            self.shared.cond.notify_all();
+            st.error.clone()
+        };
+        if let Some(payload) = err.and_then(|e| encode_abort(&e, self.shared.me)) {
+            self.control(FrameKind::Abort, Payload::Owned(payload));
+            self.flush();
+        }
+    }
+
+    /// One step of the orderly shutdown; true when the thread may exit.
+    fn close_step(&mut self, now: Instant) -> bool {
+        let queued = self.conns.iter().any(|c| !c.closed && !c.wqueue.is_empty());
+        match self.closing {
+            Closing::Open => {
+                self.closing = Closing::Flushing(now + self.timeout.min(Duration::from_secs(10)));
+                false
+            }
+            Closing::Flushing(deadline) => {
+                if queued && now < deadline {
+                    return false;
+                }
+                for c in &mut self.conns {
+                    if !c.closed {
+                        c.wqueue.push_back(OutFrame {
+                            peer: c.peer,
+                            header: Header::control(FrameKind::Bye, 0).encode(),
+                            payload: Payload::Empty,
+                            ticket: None,
+                            written: None,
+                        });
+                    }
+                }
+                self.flush();
+                for c in &self.conns {
+                    if !c.closed {
+                        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                    }
+                }
+                self.closing = Closing::Draining(now + DRAIN_LIMIT);
+                false
+            }
+            Closing::Draining(deadline) => now >= deadline || self.conns.iter().all(|c| c.closed),
+        }
+    }
+}

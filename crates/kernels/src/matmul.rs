@@ -1,0 +1,240 @@
+//! Products of a weight matrix `[n, k]` (rows of GGML blocks, as stored in
+//! GGUF) with activations `[m, k]`, into `[m, n]`: matrix-vector for decode
+//! (m = 1), matrix-matrix for prompts. Work is split over weight rows, so
+//! each weight byte is read from memory once per call whatever `m` is.
+
+use half::f16;
+
+use crate::activations::{ActivationData, ActivationType, Activations};
+use crate::block::{Block, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, cast_blocks};
+use crate::dot::Kernels;
+use crate::error::KernelError;
+use crate::pool::ThreadPool;
+
+/// How a weight matrix is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Q4K,
+    Q6K,
+}
+
+impl WeightType {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightType::F32 => "F32",
+            WeightType::F16 => "F16",
+            WeightType::Q4_0 => BlockQ4_0::NAME,
+            WeightType::Q4_1 => BlockQ4_1::NAME,
+            WeightType::Q8_0 => BlockQ8_0::NAME,
+            WeightType::Q4K => BlockQ4K::NAME,
+            WeightType::Q6K => BlockQ6K::NAME,
+        }
+    }
+
+    /// (elements, bytes) of one block; plain floats count as 1-element blocks.
+    pub fn block_size(self) -> (usize, usize) {
+        match self {
+            WeightType::F32 => (1, 4),
+            WeightType::F16 => (1, 2),
+            WeightType::Q4_0 => (BlockQ4_0::ELEMENTS, size_of::<BlockQ4_0>()),
+            WeightType::Q4_1 => (BlockQ4_1::ELEMENTS, size_of::<BlockQ4_1>()),
+            WeightType::Q8_0 => (BlockQ8_0::ELEMENTS, size_of::<BlockQ8_0>()),
+            WeightType::Q4K => (BlockQ4K::ELEMENTS, size_of::<BlockQ4K>()),
+            WeightType::Q6K => (BlockQ6K::ELEMENTS, size_of::<BlockQ6K>()),
+        }
+    }
+
+    /// The activation format this weight format's dot product takes.
+    pub fn activation_type(self) -> ActivationType {
+        match self {
+            WeightType::F32 | WeightType::F16 => ActivationType::F32,
+            WeightType::Q4_0 | WeightType::Q8_0 => ActivationType::Q8_0,
+            WeightType::Q4_1 => ActivationType::Q8_1,
+            WeightType::Q4K | WeightType::Q6K => ActivationType::Q8K,
+        }
+    }
+
+    /// Bytes of one row of `cols` weights.
+    pub fn row_bytes(self, cols: usize) -> Result<usize, KernelError> {
+        let (elems, bytes) = self.block_size();
+        if cols % elems != 0 {
+            return Err(KernelError::RowLength { format: self.name(), cols, block: elems });
+        }
+        Ok(cols / elems * bytes)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum WeightData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Q4_0(&'a [BlockQ4_0]),
+    Q4_1(&'a [BlockQ4_1]),
+    Q8_0(&'a [BlockQ8_0]),
+    Q4K(&'a [BlockQ4K]),
+    Q6K(&'a [BlockQ6K]),
+}
+
+/// A borrowed `[rows, cols]` weight matrix, checked once at construction.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights<'a> {
+    data: WeightData<'a>,
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+}
+
+fn cast_floats<'a, T: Copy>(bytes: &'a [u8], name: &'static str) -> Result<&'a [T], KernelError> {
+    let size = size_of::<T>();
+    if bytes.len() % size != 0 {
+        return Err(KernelError::RaggedBlocks { format: name, bytes: bytes.len(), block: size });
+    }
+    if (bytes.as_ptr() as usize) % align_of::<T>() != 0 {
+        return Err(KernelError::Misaligned { format: name, align: align_of::<T>() });
+    }
+    // SAFETY: only instantiated with f32 and f16, for which every bit
+    // pattern is valid; length and alignment checked above.
+    Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
+}
+
+impl<'a> Weights<'a> {
+    /// Views GGUF-layout tensor bytes as a `[rows, cols]` matrix of `ty`.
+    pub fn from_bytes(ty: WeightType, bytes: &'a [u8], rows: usize, cols: usize) -> Result<Self, KernelError> {
+        let row_bytes = ty.row_bytes(cols)?;
+        let expected = row_bytes.checked_mul(rows).ok_or(KernelError::Size {
+            what: "weight bytes",
+            expected: usize::MAX,
+            actual: bytes.len(),
+        })?;
+        if bytes.len() != expected {
+            return Err(KernelError::Size { what: "weight bytes", expected, actual: bytes.len() });
+        }
+        let data = match ty {
+            WeightType::F32 => WeightData::F32(cast_floats(bytes, "F32")?),
+            WeightType::F16 => WeightData::F16(cast_floats(bytes, "F16")?),
+            WeightType::Q4_0 => WeightData::Q4_0(cast_blocks(bytes)?),
+            WeightType::Q4_1 => WeightData::Q4_1(cast_blocks(bytes)?),
+            WeightType::Q8_0 => WeightData::Q8_0(cast_blocks(bytes)?),
+            WeightType::Q4K => WeightData::Q4K(cast_blocks(bytes)?),
+            WeightType::Q6K => WeightData::Q6K(cast_blocks(bytes)?),
+        };
+        Ok(Weights { data, ty, rows, cols })
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// Output rows per task: about four tasks per thread to even out load, and
+/// at least 16 rows so no two tasks write the same cache line of `out`.
+fn chunk_rows(n: usize, threads: usize) -> usize {
+    n.div_ceil(threads * 4).max(16)
+}
+
+/// A pointer to `out` that tasks writing disjoint elements can share.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint index sets (distinct weight rows).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+#[allow(clippy::too_many_arguments)]
+fn run<W: Sync, A: Sync>(
+    pool: &ThreadPool,
+    w: &[W],
+    w_row: usize,
+    a: &[A],
+    a_row: usize,
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+    dot: fn(&[W], &[A]) -> f32,
+) {
+    let out = OutPtr(out.as_mut_ptr());
+    pool.parallel_for(n, chunk_rows(n, pool.threads()), |rows| {
+        let out = out;
+        for j in rows {
+            let wr = &w[j * w_row..(j + 1) * w_row];
+            for i in 0..m {
+                let v = dot(wr, &a[i * a_row..(i + 1) * a_row]);
+                // SAFETY: i < m, j < n and out.len() == m * n (checked by
+                // `matmul`); each j belongs to exactly one task.
+                unsafe { *out.0.add(i * n + j) = v };
+            }
+        }
+    });
+}
+
+/// `out[i * n + j] = dot(weights row j, activations row i)`: activations
+/// `[m, k]` times weights `[n, k]` transposed, into `out` of `m * n`.
+pub fn matmul(pool: &ThreadPool, weights: &Weights<'_>, acts: &Activations, out: &mut [f32]) -> Result<(), KernelError> {
+    matmul_with(Kernels::best(), pool, weights, acts, out)
+}
+
+/// [`matmul`] with an explicit kernel table, to compare instruction sets.
+pub fn matmul_with(
+    kernels: &Kernels,
+    pool: &ThreadPool,
+    weights: &Weights<'_>,
+    acts: &Activations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let expected_act = weights.ty.activation_type();
+    if acts.activation_type() != expected_act {
+        return Err(KernelError::ActivationType {
+            weights: weights.ty.name(),
+            activations: acts.activation_type().name(),
+            expected: expected_act.name(),
+        });
+    }
+    if acts.cols() != weights.cols {
+        return Err(KernelError::InnerDim { weights: weights.cols, activations: acts.cols() });
+    }
+    let (m, n, k) = (acts.rows(), weights.rows, weights.cols);
+    if out.len() != m * n {
+        return Err(KernelError::Size { what: "matmul output", expected: m * n, actual: out.len() });
+    }
+    let kb = |elems: usize| k / elems;
+    match (weights.data, acts.data()) {
+        (WeightData::F32(w), ActivationData::F32(a)) => run(pool, w, k, a, k, m, n, out, kernels.f32_f32),
+        (WeightData::F16(w), ActivationData::F32(a)) => run(pool, w, k, a, k, m, n, out, kernels.f16_f32),
+        (WeightData::Q4_0(w), ActivationData::Q8_0(a)) => {
+            run(pool, w, kb(32), a, kb(32), m, n, out, kernels.q4_0_q8_0)
+        }
+        (WeightData::Q8_0(w), ActivationData::Q8_0(a)) => {
+            run(pool, w, kb(32), a, kb(32), m, n, out, kernels.q8_0_q8_0)
+        }
+        (WeightData::Q4_1(w), ActivationData::Q8_1(a)) => {
+            run(pool, w, kb(32), a, kb(32), m, n, out, kernels.q4_1_q8_1)
+        }
+        (WeightData::Q4K(w), ActivationData::Q8K(a)) => {
+            run(pool, w, kb(256), a, kb(256), m, n, out, kernels.q4_k_q8_k)
+        }
+        (WeightData::Q6K(w), ActivationData::Q8K(a)) => {
+            run(pool, w, kb(256), a, kb(256), m, n, out, kernels.q6_k_q8_k)
+        }
+        // The type check above rules every other pairing out.
+        _ => {
+            return Err(KernelError::ActivationType {
+                weights: weights.ty.name(),
+                activations: acts.activation_type().name(),
+                expected: expected_act.name(),
+            });
+        }
+    }
+    Ok(())
+}
