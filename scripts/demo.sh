@@ -7,4 +7,5 @@ cd "$root"
 cargo build --release --quiet --bin huddle
 model=$(scripts/fetch-smollm2.sh)
 exec target/release/huddle generate --model "$model" \
-  --prompt "${PROMPT:-What is the capital of France? Answer in one sentence.}" "$@"
+  --system "${SYSTEM:-You are a helpful assistant.}" \
+  --prompt "${PROMPT:-What is the capital of France?}" "$@"
