@@ -7,83 +7,26 @@
 
 mod launch_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use launch_support::{CLUSTER, Outcome, run, scratch};
+use launch_support::testbed::Cluster;
+use launch_support::{Outcome, run, scratch};
 
-const TB: &str = "/tmp/testbed";
 const HOSTS: &str = "h0,h1,h2";
 
 struct Testbed {
     ssh_config: PathBuf,
-    /// We brought it up, so we take it down.
-    ours: bool,
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        if self.ours {
-            let _ = Command::new(CLUSTER)
-                .arg("down")
-                .env("TB", TB)
-                .stdout(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn why_not_runnable() -> Option<String> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (network namespaces need it)".into());
-    }
-    for tool in ["/usr/sbin/sshd", "/usr/sbin/ip", "/usr/bin/ssh", CLUSTER] {
-        if !Path::new(tool).exists() {
-            return Some(format!("{tool} is missing"));
-        }
-    }
-    None
-}
-
-fn cluster_hosts() -> Vec<String> {
-    Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    _cluster: Cluster,
 }
 
 fn testbed() -> Option<Testbed> {
-    if let Some(reason) = why_not_runnable() {
-        launch_support::cannot_run("the huddle config tests", &reason);
-        return None;
-    }
-    let ssh_config = Path::new(TB).join("ssh/ssh_config");
-    let up = cluster_hosts();
-    let ours = !(up.iter().any(|n| n == "tbsw") && ssh_config.exists());
-    if ours {
-        let status = Command::new(CLUSTER)
-            .arg("up")
-            .env("N", "3")
-            .env("TB", TB)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run cluster.sh");
-        if !status.success() {
-            launch_support::cannot_run("the huddle config tests", &format!("cluster.sh up failed ({status})"));
-            return None;
-        }
-    } else if !["h0", "h1", "h2"].iter().all(|h| up.iter().any(|n| n == h)) {
-        launch_support::cannot_run("the huddle config tests", "the running testbed has fewer than 3 hosts");
-        return None;
-    }
-    Some(Testbed { ssh_config, ours })
+    let cluster = launch_support::testbed::cluster("the huddle config tests", 3)?;
+    Some(Testbed {
+        ssh_config: cluster.ssh_config.clone(),
+        _cluster: cluster,
+    })
 }
 
 impl Testbed {

@@ -11,83 +11,20 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use launch_support::{CLUSTER, alive, finish, huddle, run, scratch, wait_for_pid, wait_gone};
-
-const TB: &str = "/tmp/testbed";
+use launch_support::testbed::Cluster;
+use launch_support::{alive, finish, huddle, run, scratch, wait_for_pid, wait_gone};
 
 struct Testbed {
     hostfile: PathBuf,
     _dir: launch_support::Scratch,
     ssh_config: PathBuf,
     ips: Vec<String>,
-    /// We brought it up, so we take it down.
-    ours: bool,
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        if self.ours {
-            let _ = Command::new(CLUSTER)
-                .arg("down")
-                .env("TB", TB)
-                .stdout(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn why_not_runnable() -> Option<String> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (network namespaces need it)".into());
-    }
-    for tool in ["/usr/sbin/sshd", "/usr/sbin/ip", "/usr/bin/ssh", CLUSTER] {
-        if !Path::new(tool).exists() {
-            return Some(format!("{tool} is missing"));
-        }
-    }
-    None
-}
-
-/// cluster.sh's switch namespace exists only while the hosts are up.
-fn cluster_is_up() -> bool {
-    Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .any(|w| w == "tbsw")
-        })
+    _cluster: Cluster,
 }
 
 fn testbed() -> Option<Testbed> {
-    if let Some(reason) = why_not_runnable() {
-        launch_support::cannot_run("the ssh launch tests", &reason);
-        return None;
-    }
-    let ssh_config = Path::new(TB).join("ssh/ssh_config");
-    let hosts_json = Path::new(TB).join("hosts.json");
-    let ours = !(cluster_is_up() && ssh_config.exists() && hosts_json.exists());
-    if ours {
-        let status = Command::new(CLUSTER)
-            .arg("up")
-            .env("N", "3")
-            .env("TB", TB)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run cluster.sh");
-        if !status.success() {
-            launch_support::cannot_run("the ssh launch tests", &format!("cluster.sh up failed ({status})"));
-            return None;
-        }
-    }
-    let text = std::fs::read_to_string(&hosts_json).expect("testbed hosts.json");
-    let hosts: Vec<serde_json::Value> = serde_json::from_str(&text).expect("hosts.json is JSON");
-    let ips: Vec<String> = hosts
-        .iter()
-        .take(3)
-        .map(|h| h["ssh"].as_str().expect("ssh field").to_owned())
-        .collect();
+    let cluster = launch_support::testbed::cluster("the ssh launch tests", 3)?;
+    let ips = cluster.hosts.clone();
     assert!(ips.len() >= 2, "testbed has fewer than 2 hosts");
     let dir = scratch("ssh-hostfile");
     let hostfile = dir.join("hosts.json");
@@ -99,9 +36,9 @@ fn testbed() -> Option<Testbed> {
     Some(Testbed {
         hostfile,
         _dir: dir,
-        ssh_config,
+        ssh_config: cluster.ssh_config.clone(),
         ips,
-        ours,
+        _cluster: cluster,
     })
 }
 

@@ -5,13 +5,16 @@
 //! cargo run --release -p huddle-kernels --example matvec -- [--threads 1,2] [--model smollm|qwen] [--m 1] [--repeats 5]
 //!
 //! Prints, per shape and thread count, microseconds per call and weight
-//! bytes streamed per second: the median over repeats, then the best.
+//! bytes streamed per second: the median over repeats, then the best, and
+//! (one thread) the best in the caller's CPU time.
 //! `HUDDLE_KERNEL_ISA=scalar` measures the portable path.
 
 use std::time::Instant;
 
 use half::f16;
-use huddle_kernels::block::{Block, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, block_bytes};
+use huddle_kernels::block::{
+    Block, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, block_bytes,
+};
 use huddle_kernels::quantize::{
     quantize_row_q4_0, quantize_row_q4_1, quantize_row_q4_k, quantize_row_q6_k, quantize_row_q8_0,
 };
@@ -27,7 +30,15 @@ struct Shape {
 
 fn shapes() -> Vec<Shape> {
     let mut v = Vec::new();
-    let mut add = |model, tensor, ty, n, k| v.push(Shape { model, tensor, ty, n, k });
+    let mut add = |model, tensor, ty, n, k| {
+        v.push(Shape {
+            model,
+            tensor,
+            ty,
+            n,
+            k,
+        })
+    };
     use WeightType::*;
     for ty in [Q4_1, Q4_0, Q8_0] {
         add("smollm2-135m", "q/o", ty, 576, 576);
@@ -53,7 +64,9 @@ fn shapes() -> Vec<Shape> {
 /// Deterministic pseudo-random floats in [-1, 1) without a dependency.
 fn fill_row(seed: &mut u64, row: &mut [f32]) {
     for v in row {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *v = ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
     }
 }
@@ -105,7 +118,9 @@ fn weight_bytes(ty: WeightType, n: usize, k: usize) -> Result<Vec<u8>, KernelErr
 fn aligned(bytes: &[u8]) -> Vec<u64> {
     let mut words = vec![0u64; bytes.len().div_ceil(8)];
     // SAFETY: words has room for bytes.len() bytes.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast::<u8>(), bytes.len())
+    };
     words
 }
 
@@ -124,7 +139,12 @@ struct Options {
 }
 
 fn parse_args() -> Result<Options, String> {
-    let mut o = Options { threads: vec![1, 2], model: None, m: 1, repeats: 5 };
+    let mut o = Options {
+        threads: vec![1, 2],
+        model: None,
+        m: 1,
+        repeats: 5,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
@@ -144,12 +164,37 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = parse_args()?;
-    println!("isa={} m={} (median of {} repeats)", Isa::detect().name(), opts.m, opts.repeats.max(1));
     println!(
-        "{:<14} {:<8} {:<5} {:>7} {:>6} {:>3} {:>10} {:>8} {:>10} {:>8}",
-        "model", "tensor", "type", "n", "k", "thr", "us/call", "GB/s", "best us", "best GB/s"
+        "isa={} m={} (median of {} repeats)",
+        Isa::detect().name(),
+        opts.m,
+        opts.repeats.max(1)
+    );
+    println!(
+        "{:<14} {:<8} {:<5} {:>7} {:>6} {:>3} {:>10} {:>8} {:>10} {:>8} {:>8}",
+        "model",
+        "tensor",
+        "type",
+        "n",
+        "k",
+        "thr",
+        "us/call",
+        "GB/s",
+        "best us",
+        "best GB/s",
+        "cpu us"
     );
     let pools: Vec<ThreadPool> = opts.threads.iter().map(|&t| ThreadPool::new(t)).collect();
     for s in shapes() {
@@ -173,16 +218,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let once = start.elapsed().as_secs_f64().max(1e-7);
             let iters = ((0.04 / once) as usize).clamp(1, 100_000);
             let mut samples = Vec::new();
+            let mut cpu_samples = Vec::new();
             for _ in 0..opts.repeats.max(1) {
-                let start = Instant::now();
+                let (start, cpu_start) = (Instant::now(), thread_cpu_seconds());
                 for _ in 0..iters {
                     matmul(pool, &weights, &acts, &mut out)?;
                 }
                 samples.push(start.elapsed().as_secs_f64() / iters as f64);
+                cpu_samples.push((thread_cpu_seconds() - cpu_start) / iters as f64);
             }
             let (t, best) = median_and_best(samples);
+            // With one thread, the caller's CPU time leaves out time spent
+            // descheduled by other load: the steadiest number on a busy box.
+            let cpu = if pool.threads() == 1 {
+                median_and_best(cpu_samples).1 * 1e6
+            } else {
+                f64::NAN
+            };
             println!(
-                "{:<14} {:<8} {:<5} {:>7} {:>6} {:>3} {:>10.2} {:>8.2} {:>10.2} {:>8.2}",
+                "{:<14} {:<8} {:<5} {:>7} {:>6} {:>3} {:>10.2} {:>8.2} {:>10.2} {:>8.2} {:>8.2}",
                 s.model,
                 s.tensor,
                 s.ty.name(),
@@ -192,7 +246,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 t * 1e6,
                 len as f64 / t / 1e9,
                 best * 1e6,
-                len as f64 / best / 1e9
+                len as f64 / best / 1e9,
+                cpu
             );
         }
     }

@@ -62,7 +62,11 @@ pub struct Activations {
 
 impl Default for Activations {
     fn default() -> Self {
-        Activations { buf: Buffer::F32(Vec::new()), rows: 0, cols: 0 }
+        Activations {
+            buf: Buffer::F32(Vec::new()),
+            rows: 0,
+            cols: 0,
+        }
     }
 }
 
@@ -91,14 +95,28 @@ impl Activations {
 
     /// Quantizes `x`, `rows` rows of `cols`, into `ty`, replacing the
     /// previous contents and reusing the allocation when `ty` is unchanged.
-    pub fn quantize(&mut self, ty: ActivationType, x: &[f32], rows: usize, cols: usize) -> Result<(), KernelError> {
+    pub fn quantize(
+        &mut self,
+        ty: ActivationType,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), KernelError> {
         let elems = ty.block_elems();
-        if cols % elems != 0 {
-            return Err(KernelError::RowLength { format: ty.name(), cols, block: elems });
+        if !cols.is_multiple_of(elems) {
+            return Err(KernelError::RowLength {
+                format: ty.name(),
+                cols,
+                block: elems,
+            });
         }
-        let expected = rows.checked_mul(cols).unwrap_or(usize::MAX);
+        let expected = rows.saturating_mul(cols);
         if x.len() != expected {
-            return Err(KernelError::Size { what: "activations", expected, actual: x.len() });
+            return Err(KernelError::Size {
+                what: "activations",
+                expected,
+                actual: x.len(),
+            });
         }
         // Empty until the new contents are complete, so an error leaves no stale shape.
         self.rows = 0;
@@ -112,17 +130,29 @@ impl Activations {
             }
             (ActivationType::F32, _) => Buffer::F32(x.to_vec()),
             (ActivationType::Q8_0, buf) => {
-                let mut v = if let Buffer::Q8_0(v) = buf { v } else { Vec::new() };
+                let mut v = if let Buffer::Q8_0(v) = buf {
+                    v
+                } else {
+                    Vec::new()
+                };
                 fill(&mut v, x, cols, quantize_row_q8_0)?;
                 Buffer::Q8_0(v)
             }
             (ActivationType::Q8_1, buf) => {
-                let mut v = if let Buffer::Q8_1(v) = buf { v } else { Vec::new() };
+                let mut v = if let Buffer::Q8_1(v) = buf {
+                    v
+                } else {
+                    Vec::new()
+                };
                 fill(&mut v, x, cols, quantize_row_q8_1)?;
                 Buffer::Q8_1(v)
             }
             (ActivationType::Q8K, buf) => {
-                let mut v = if let Buffer::Q8K(v) = buf { v } else { Vec::new() };
+                let mut v = if let Buffer::Q8K(v) = buf {
+                    v
+                } else {
+                    Vec::new()
+                };
                 fill(&mut v, x, cols, quantize_row_q8_k)?;
                 Buffer::Q8K(v)
             }

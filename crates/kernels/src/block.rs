@@ -79,19 +79,33 @@ pub struct BlockQ8K {
 
 impl Default for BlockQ4K {
     fn default() -> Self {
-        Self { d: f16::ZERO, dmin: f16::ZERO, scales: [0; 12], qs: [0; QK_K / 2] }
+        Self {
+            d: f16::ZERO,
+            dmin: f16::ZERO,
+            scales: [0; 12],
+            qs: [0; QK_K / 2],
+        }
     }
 }
 
 impl Default for BlockQ6K {
     fn default() -> Self {
-        Self { ql: [0; QK_K / 2], qh: [0; QK_K / 4], scales: [0; QK_K / 16], d: f16::ZERO }
+        Self {
+            ql: [0; QK_K / 2],
+            qh: [0; QK_K / 4],
+            scales: [0; QK_K / 16],
+            d: f16::ZERO,
+        }
     }
 }
 
 impl Default for BlockQ8K {
     fn default() -> Self {
-        Self { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] }
+        Self {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }
     }
 }
 
@@ -140,11 +154,18 @@ impl_block!(BlockQ8K, QK_K, "Q8_K");
 /// blocks and the start aligned for `B` (GGUF aligns tensor data to 32).
 pub fn cast_blocks<B: Block>(bytes: &[u8]) -> Result<&[B], KernelError> {
     let size = size_of::<B>();
-    if bytes.len() % size != 0 {
-        return Err(KernelError::RaggedBlocks { format: B::NAME, bytes: bytes.len(), block: size });
+    if !bytes.len().is_multiple_of(size) {
+        return Err(KernelError::RaggedBlocks {
+            format: B::NAME,
+            bytes: bytes.len(),
+            block: size,
+        });
     }
-    if (bytes.as_ptr() as usize) % align_of::<B>() != 0 {
-        return Err(KernelError::Misaligned { format: B::NAME, align: align_of::<B>() });
+    if !(bytes.as_ptr() as usize).is_multiple_of(align_of::<B>()) {
+        return Err(KernelError::Misaligned {
+            format: B::NAME,
+            align: align_of::<B>(),
+        });
     }
     // SAFETY: length and alignment checked; `Block` guarantees every bit
     // pattern is valid and there is no padding.
@@ -163,7 +184,14 @@ mod tests {
 
     #[test]
     fn cast_blocks_round_trips_block_bytes() {
-        let blocks = vec![BlockQ4_1 { d: f16::from_f32(0.5), m: f16::from_f32(-1.0), qs: [7; 16] }; 3];
+        let blocks = vec![
+            BlockQ4_1 {
+                d: f16::from_f32(0.5),
+                m: f16::from_f32(-1.0),
+                qs: [7; 16]
+            };
+            3
+        ];
         let back: &[BlockQ4_1] = cast_blocks(block_bytes(&blocks)).expect("aligned whole blocks");
         assert_eq!(back, &blocks[..]);
     }
@@ -171,13 +199,19 @@ mod tests {
     #[test]
     fn cast_blocks_rejects_partial_block() {
         let bytes = vec![0u8; 35];
-        assert!(matches!(cast_blocks::<BlockQ8_0>(&bytes), Err(KernelError::RaggedBlocks { .. })));
+        assert!(matches!(
+            cast_blocks::<BlockQ8_0>(&bytes),
+            Err(KernelError::RaggedBlocks { .. })
+        ));
     }
 
     #[test]
     fn cast_blocks_rejects_misaligned_start() {
         let bytes = vec![0u8; 2 * 292 + 4];
         let odd = &bytes[1..1 + 292];
-        assert!(matches!(cast_blocks::<BlockQ8K>(odd), Err(KernelError::Misaligned { .. })));
+        assert!(matches!(
+            cast_blocks::<BlockQ8K>(odd),
+            Err(KernelError::Misaligned { .. })
+        ));
     }
 }

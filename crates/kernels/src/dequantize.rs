@@ -1,7 +1,9 @@
 //! Reference dequantizers: GGML blocks back into f32, following ggml's
 //! `dequantize_row_*` element order.
 
-use crate::block::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, QK, QK_K};
+use crate::block::{
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, QK, QK_K,
+};
 use crate::error::KernelError;
 use crate::quantize::{check_row, scale_min_k4};
 

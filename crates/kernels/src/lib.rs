@@ -7,6 +7,10 @@
 //! ([`dot::Isa`]: AVX2+FMA+F16C or portable Rust), split over a small
 //! thread pool ([`ThreadPool`]) that never spins for long.
 //!
+//! Environment: `HUDDLE_KERNEL_THREADS` overrides the pool size (see
+//! [`default_threads`]); `HUDDLE_KERNEL_ISA=scalar|avx2` forces a slower
+//! path for debugging and benchmarks.
+//!
 //! This crate must never allocate inside a matmul call (the caller owns all
 //! scratch), never depend on a tensor library, and never spin a core beyond
 //! a short, bounded wait.

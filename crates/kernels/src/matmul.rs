@@ -7,7 +7,7 @@ use half::f16;
 
 use crate::activations::{ActivationData, ActivationType, Activations};
 use crate::block::{Block, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, cast_blocks};
-use crate::dot::Kernels;
+use crate::dot::{Dot2, Kernels};
 use crate::error::KernelError;
 use crate::pool::ThreadPool;
 
@@ -62,8 +62,12 @@ impl WeightType {
     /// Bytes of one row of `cols` weights.
     pub fn row_bytes(self, cols: usize) -> Result<usize, KernelError> {
         let (elems, bytes) = self.block_size();
-        if cols % elems != 0 {
-            return Err(KernelError::RowLength { format: self.name(), cols, block: elems });
+        if !cols.is_multiple_of(elems) {
+            return Err(KernelError::RowLength {
+                format: self.name(),
+                cols,
+                block: elems,
+            });
         }
         Ok(cols / elems * bytes)
     }
@@ -91,11 +95,18 @@ pub struct Weights<'a> {
 
 fn cast_floats<'a, T: Copy>(bytes: &'a [u8], name: &'static str) -> Result<&'a [T], KernelError> {
     let size = size_of::<T>();
-    if bytes.len() % size != 0 {
-        return Err(KernelError::RaggedBlocks { format: name, bytes: bytes.len(), block: size });
+    if !bytes.len().is_multiple_of(size) {
+        return Err(KernelError::RaggedBlocks {
+            format: name,
+            bytes: bytes.len(),
+            block: size,
+        });
     }
-    if (bytes.as_ptr() as usize) % align_of::<T>() != 0 {
-        return Err(KernelError::Misaligned { format: name, align: align_of::<T>() });
+    if !(bytes.as_ptr() as usize).is_multiple_of(align_of::<T>()) {
+        return Err(KernelError::Misaligned {
+            format: name,
+            align: align_of::<T>(),
+        });
     }
     // SAFETY: only instantiated with f32 and f16, for which every bit
     // pattern is valid; length and alignment checked above.
@@ -104,7 +115,12 @@ fn cast_floats<'a, T: Copy>(bytes: &'a [u8], name: &'static str) -> Result<&'a [
 
 impl<'a> Weights<'a> {
     /// Views GGUF-layout tensor bytes as a `[rows, cols]` matrix of `ty`.
-    pub fn from_bytes(ty: WeightType, bytes: &'a [u8], rows: usize, cols: usize) -> Result<Self, KernelError> {
+    pub fn from_bytes(
+        ty: WeightType,
+        bytes: &'a [u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, KernelError> {
         let row_bytes = ty.row_bytes(cols)?;
         let expected = row_bytes.checked_mul(rows).ok_or(KernelError::Size {
             what: "weight bytes",
@@ -112,7 +128,11 @@ impl<'a> Weights<'a> {
             actual: bytes.len(),
         })?;
         if bytes.len() != expected {
-            return Err(KernelError::Size { what: "weight bytes", expected, actual: bytes.len() });
+            return Err(KernelError::Size {
+                what: "weight bytes",
+                expected,
+                actual: bytes.len(),
+            });
         }
         let data = match ty {
             WeightType::F32 => WeightData::F32(cast_floats(bytes, "F32")?),
@@ -123,7 +143,12 @@ impl<'a> Weights<'a> {
             WeightType::Q4K => WeightData::Q4K(cast_blocks(bytes)?),
             WeightType::Q6K => WeightData::Q6K(cast_blocks(bytes)?),
         };
-        Ok(Weights { data, ty, rows, cols })
+        Ok(Weights {
+            data,
+            ty,
+            rows,
+            cols,
+        })
     }
 
     pub fn weight_type(&self) -> WeightType {
@@ -139,10 +164,12 @@ impl<'a> Weights<'a> {
     }
 }
 
-/// Output rows per task: about four tasks per thread to even out load, and
-/// at least 16 rows so no two tasks write the same cache line of `out`.
+/// Output rows per task: about eight tasks per thread, so a thread that
+/// the OS preempts (ranks and other work share the cores) holds up little
+/// work, and at least 16 rows so no two tasks write the same cache line of
+/// `out`.
 fn chunk_rows(n: usize, threads: usize) -> usize {
-    n.div_ceil(threads * 4).max(16)
+    n.div_ceil(threads * 8).max(16)
 }
 
 /// A pointer to `out` that tasks writing disjoint elements can share.
@@ -152,28 +179,60 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-#[allow(clippy::too_many_arguments)]
+impl OutPtr {
+    // A method, so closures capture the whole (Sync) wrapper, not the raw field.
+    fn at(self, index: usize) -> *mut f32 {
+        self.0.wrapping_add(index)
+    }
+}
+
+/// One weight format's kernels for [`run`].
+struct RowKernels<W, A> {
+    dot: fn(&[W], &[A]) -> f32,
+    dot2: Option<Dot2<W, A>>,
+}
+
+/// A `[rows, row_len]` matrix stored as one slice.
+struct Rows<'a, T> {
+    data: &'a [T],
+    row_len: usize,
+}
+
+impl<T> Rows<'_, T> {
+    fn row(&self, i: usize) -> &[T] {
+        &self.data[i * self.row_len..(i + 1) * self.row_len]
+    }
+}
+
 fn run<W: Sync, A: Sync>(
     pool: &ThreadPool,
-    w: &[W],
-    w_row: usize,
-    a: &[A],
-    a_row: usize,
+    w: Rows<'_, W>,
+    a: Rows<'_, A>,
     m: usize,
     n: usize,
     out: &mut [f32],
-    dot: fn(&[W], &[A]) -> f32,
+    k: RowKernels<W, A>,
 ) {
     let out = OutPtr(out.as_mut_ptr());
+    // Activation rows taken two at a time where a two-row kernel exists.
+    let pairs = if k.dot2.is_some() { m / 2 } else { 0 };
     pool.parallel_for(n, chunk_rows(n, pool.threads()), |rows| {
-        let out = out;
         for j in rows {
-            let wr = &w[j * w_row..(j + 1) * w_row];
-            for i in 0..m {
-                let v = dot(wr, &a[i * a_row..(i + 1) * a_row]);
-                // SAFETY: i < m, j < n and out.len() == m * n (checked by
-                // `matmul`); each j belongs to exactly one task.
-                unsafe { *out.0.add(i * n + j) = v };
+            let wr = w.row(j);
+            // SAFETY (every write): i < m, j < n and out.len() == m * n
+            // (checked by `matmul`); each j belongs to exactly one task.
+            if let Some(dot2) = k.dot2 {
+                for p in 0..pairs {
+                    let (v0, v1) = dot2(wr, a.row(2 * p), a.row(2 * p + 1));
+                    unsafe {
+                        *out.at(2 * p * n + j) = v0;
+                        *out.at((2 * p + 1) * n + j) = v1;
+                    }
+                }
+            }
+            for i in 2 * pairs..m {
+                let v = (k.dot)(wr, a.row(i));
+                unsafe { *out.at(i * n + j) = v };
             }
         }
     });
@@ -181,7 +240,12 @@ fn run<W: Sync, A: Sync>(
 
 /// `out[i * n + j] = dot(weights row j, activations row i)`: activations
 /// `[m, k]` times weights `[n, k]` transposed, into `out` of `m * n`.
-pub fn matmul(pool: &ThreadPool, weights: &Weights<'_>, acts: &Activations, out: &mut [f32]) -> Result<(), KernelError> {
+pub fn matmul(
+    pool: &ThreadPool,
+    weights: &Weights<'_>,
+    acts: &Activations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     matmul_with(Kernels::best(), pool, weights, acts, out)
 }
 
@@ -202,30 +266,167 @@ pub fn matmul_with(
         });
     }
     if acts.cols() != weights.cols {
-        return Err(KernelError::InnerDim { weights: weights.cols, activations: acts.cols() });
+        return Err(KernelError::InnerDim {
+            weights: weights.cols,
+            activations: acts.cols(),
+        });
     }
     let (m, n, k) = (acts.rows(), weights.rows, weights.cols);
     if out.len() != m * n {
-        return Err(KernelError::Size { what: "matmul output", expected: m * n, actual: out.len() });
+        return Err(KernelError::Size {
+            what: "matmul output",
+            expected: m * n,
+            actual: out.len(),
+        });
     }
-    let kb = |elems: usize| k / elems;
+    let rows = |elems: usize| k / elems;
     match (weights.data, acts.data()) {
-        (WeightData::F32(w), ActivationData::F32(a)) => run(pool, w, k, a, k, m, n, out, kernels.f32_f32),
-        (WeightData::F16(w), ActivationData::F32(a)) => run(pool, w, k, a, k, m, n, out, kernels.f16_f32),
+        (WeightData::F32(w), ActivationData::F32(a)) => {
+            let kern = RowKernels {
+                dot: kernels.f32_f32,
+                dot2: None,
+            };
+            run(
+                pool,
+                Rows {
+                    data: w,
+                    row_len: k,
+                },
+                Rows {
+                    data: a,
+                    row_len: k,
+                },
+                m,
+                n,
+                out,
+                kern,
+            )
+        }
+        (WeightData::F16(w), ActivationData::F32(a)) => {
+            let kern = RowKernels {
+                dot: kernels.f16_f32,
+                dot2: None,
+            };
+            run(
+                pool,
+                Rows {
+                    data: w,
+                    row_len: k,
+                },
+                Rows {
+                    data: a,
+                    row_len: k,
+                },
+                m,
+                n,
+                out,
+                kern,
+            )
+        }
         (WeightData::Q4_0(w), ActivationData::Q8_0(a)) => {
-            run(pool, w, kb(32), a, kb(32), m, n, out, kernels.q4_0_q8_0)
+            let kern = RowKernels {
+                dot: kernels.q4_0_q8_0,
+                dot2: kernels.q4_0_q8_0_x2,
+            };
+            run(
+                pool,
+                Rows {
+                    data: w,
+                    row_len: rows(32),
+                },
+                Rows {
+                    data: a,
+                    row_len: rows(32),
+                },
+                m,
+                n,
+                out,
+                kern,
+            )
         }
         (WeightData::Q8_0(w), ActivationData::Q8_0(a)) => {
-            run(pool, w, kb(32), a, kb(32), m, n, out, kernels.q8_0_q8_0)
+            let kern = RowKernels {
+                dot: kernels.q8_0_q8_0,
+                dot2: kernels.q8_0_q8_0_x2,
+            };
+            run(
+                pool,
+                Rows {
+                    data: w,
+                    row_len: rows(32),
+                },
+                Rows {
+                    data: a,
+                    row_len: rows(32),
+                },
+                m,
+                n,
+                out,
+                kern,
+            )
         }
         (WeightData::Q4_1(w), ActivationData::Q8_1(a)) => {
-            run(pool, w, kb(32), a, kb(32), m, n, out, kernels.q4_1_q8_1)
+            let kern = RowKernels {
+                dot: kernels.q4_1_q8_1,
+                dot2: kernels.q4_1_q8_1_x2,
+            };
+            run(
+                pool,
+                Rows {
+                    data: w,
+                    row_len: rows(32),
+                },
+                Rows {
+                    data: a,
+                    row_len: rows(32),
+                },
+                m,
+                n,
+                out,
+                kern,
+            )
         }
         (WeightData::Q4K(w), ActivationData::Q8K(a)) => {
-            run(pool, w, kb(256), a, kb(256), m, n, out, kernels.q4_k_q8_k)
+            let kern = RowKernels {
+                dot: kernels.q4_k_q8_k,
+                dot2: None,
+            };
+            run(
+                pool,
+                Rows {
+                    data: w,
+                    row_len: rows(256),
+                },
+                Rows {
+                    data: a,
+                    row_len: rows(256),
+                },
+                m,
+                n,
+                out,
+                kern,
+            )
         }
         (WeightData::Q6K(w), ActivationData::Q8K(a)) => {
-            run(pool, w, kb(256), a, kb(256), m, n, out, kernels.q6_k_q8_k)
+            let kern = RowKernels {
+                dot: kernels.q6_k_q8_k,
+                dot2: None,
+            };
+            run(
+                pool,
+                Rows {
+                    data: w,
+                    row_len: rows(256),
+                },
+                Rows {
+                    data: a,
+                    row_len: rows(256),
+                },
+                m,
+                n,
+                out,
+                kern,
+            )
         }
         // The type check above rules every other pairing out.
         _ => {

@@ -96,7 +96,11 @@ impl ThreadPool {
                 workers.push(handle);
             }
         }
-        ThreadPool { shared, workers, submit: Mutex::new(()) }
+        ThreadPool {
+            shared,
+            workers,
+            submit: Mutex::new(()),
+        }
     }
 
     /// A pool sized by [`default_threads`].
@@ -123,11 +127,17 @@ impl ThreadPool {
         }
         let shared = &*self.shared;
         let job = Job { task, tasks };
-        shared.job.store((&raw const job).cast_mut().cast::<Job<'static>>(), Release);
+        shared
+            .job
+            .store((&raw const job).cast_mut().cast::<Job<'static>>(), Release);
         shared.next.store(0, Release);
         // Workers that peeked at the previous, closed job may still be
         // leaving; they are gone within a few instructions.
-        while shared.state.compare_exchange_weak(CLOSED, 0, AcqRel, Relaxed).is_err() {
+        while shared
+            .state
+            .compare_exchange_weak(CLOSED, 0, AcqRel, Relaxed)
+            .is_err()
+        {
             std::hint::spin_loop();
         }
         shared.generation.fetch_add(1, SeqCst);
@@ -180,7 +190,10 @@ fn wait_until_empty(shared: &Shared) {
             shared.caller_waiting.store(true, SeqCst);
             let mut guard = shared.lock();
             while shared.state.load(SeqCst) != CLOSED {
-                guard = shared.done.wait(guard).unwrap_or_else(PoisonError::into_inner);
+                guard = shared
+                    .done
+                    .wait(guard)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             shared.caller_waiting.store(false, SeqCst);
             return;
@@ -223,7 +236,7 @@ fn wait_for_job(shared: &Shared, seen: u64) -> bool {
             return true;
         }
         spins += 1;
-        if spins % 64 == 0 && start.elapsed() > SPIN {
+        if spins.is_multiple_of(64) && start.elapsed() > SPIN {
             break;
         }
         std::hint::spin_loop();
@@ -231,7 +244,10 @@ fn wait_for_job(shared: &Shared, seen: u64) -> bool {
     let mut guard = shared.lock();
     shared.sleepers.fetch_add(1, SeqCst);
     while shared.generation.load(SeqCst) == seen && !shared.shutdown.load(SeqCst) {
-        guard = shared.wake.wait(guard).unwrap_or_else(PoisonError::into_inner);
+        guard = shared
+            .wake
+            .wait(guard)
+            .unwrap_or_else(PoisonError::into_inner);
     }
     shared.sleepers.fetch_sub(1, SeqCst);
     !shared.shutdown.load(SeqCst)
@@ -243,16 +259,34 @@ fn wait_for_job(shared: &Shared, seen: u64) -> bool {
 /// host unless the mask is already narrower than the machine (a launcher or
 /// `taskset` has pinned this rank, so the division is done).
 pub fn default_threads() -> usize {
-    let parse = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0);
-    if let Some(n) = parse("HUDDLE_KERNEL_THREADS") {
+    let var = |name: &str| std::env::var(name).ok();
+    threads_for(
+        var("HUDDLE_KERNEL_THREADS").as_deref(),
+        var("HUDDLE_LOCAL_SIZE").as_deref(),
+        affinity_cpus(),
+        online_cpus(),
+    )
+}
+
+/// [`default_threads`] without the environment: unparsable or zero values
+/// count as unset.
+fn threads_for(
+    kernel_threads: Option<&str>,
+    local_size: Option<&str>,
+    allowed: usize,
+    online: usize,
+) -> usize {
+    let parse = |v: Option<&str>| {
+        v.and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    };
+    if let Some(n) = parse(kernel_threads) {
         return n;
     }
-    let allowed = affinity_cpus();
-    let online = online_cpus();
     if allowed < online {
         return allowed.max(1);
     }
-    (allowed / parse("HUDDLE_LOCAL_SIZE").unwrap_or(1)).max(1)
+    (allowed / parse(local_size).unwrap_or(1)).max(1)
 }
 
 fn fallback_cpus() -> usize {
@@ -306,7 +340,10 @@ mod tests {
                 }
             });
         }
-        assert!(hits.iter().all(|h| h.load(Relaxed) == 50), "threads={threads} len={len} chunk={chunk}");
+        assert!(
+            hits.iter().all(|h| h.load(Relaxed) == 50),
+            "threads={threads} len={len} chunk={chunk}"
+        );
     }
 
     #[test]
@@ -335,9 +372,11 @@ mod tests {
     fn nested_run_executes_inline_instead_of_deadlocking() {
         let pool = ThreadPool::new(2);
         let total = AtomicUsize::new(0);
-        pool.run(4, &|_| pool.run(3, &|_| {
-            total.fetch_add(1, Relaxed);
-        }));
+        pool.run(4, &|_| {
+            pool.run(3, &|_| {
+                total.fetch_add(1, Relaxed);
+            })
+        });
         assert_eq!(total.load(Relaxed), 12);
     }
 
@@ -362,13 +401,33 @@ mod tests {
     #[test]
     fn task_panic_reaches_the_caller_and_pool_stays_usable() {
         let pool = ThreadPool::new(3);
-        let result = catch_unwind(AssertUnwindSafe(|| pool.run(8, &|i| assert!(i != 5, "task 5 fails"))));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(8, &|i| assert!(i != 5, "task 5 fails"))
+        }));
         assert!(result.is_err());
         let total = AtomicUsize::new(0);
         pool.run(8, &|_| {
             total.fetch_add(1, Relaxed);
         });
         assert_eq!(total.load(Relaxed), 8);
+    }
+
+    #[test]
+    fn thread_count_follows_override_then_mask_then_local_ranks() {
+        assert_eq!(threads_for(Some("3"), Some("2"), 1, 8), 3);
+        // Pinned (taskset -c 0, or a launcher's mask): the mask already is the share.
+        assert_eq!(threads_for(None, Some("2"), 1, 8), 1);
+        assert_eq!(threads_for(None, Some("4"), 4, 8), 4);
+        // The whole machine: split among the ranks on this host.
+        assert_eq!(threads_for(None, Some("2"), 8, 8), 4);
+        assert_eq!(threads_for(None, Some("3"), 2, 2), 1);
+        assert_eq!(threads_for(None, None, 8, 8), 8);
+        assert_eq!(threads_for(Some("0"), Some("x"), 8, 8), 8);
+    }
+
+    #[test]
+    fn default_threads_is_at_least_one() {
+        assert!(default_threads() >= 1);
     }
 
     #[test]

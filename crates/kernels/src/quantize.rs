@@ -15,8 +15,12 @@ use crate::error::KernelError;
 
 /// Checks that `x` fills `y` exactly, `B::ELEMENTS` values per block.
 pub(crate) fn check_row<B: Block>(x: usize, blocks: usize) -> Result<(), KernelError> {
-    if x % B::ELEMENTS != 0 {
-        return Err(KernelError::RowLength { format: B::NAME, cols: x, block: B::ELEMENTS });
+    if !x.is_multiple_of(B::ELEMENTS) {
+        return Err(KernelError::RowLength {
+            format: B::NAME,
+            cols: x,
+            block: B::ELEMENTS,
+        });
     }
     if x / B::ELEMENTS != blocks {
         return Err(KernelError::Size {
@@ -150,7 +154,10 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -167,7 +174,13 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) -> Result<(), KernelErro
         }
         let d = scales.iter().copied().fold(0.0f32, f32::max) / 63.0;
         let dmin = mins.iter().copied().fold(0.0f32, f32::max) / 63.0;
-        let to6 = |v: f32, s: f32| if s > 0.0 { (v / s).round().clamp(0.0, 63.0) as u8 } else { 0 };
+        let to6 = |v: f32, s: f32| {
+            if s > 0.0 {
+                (v / s).round().clamp(0.0, 63.0) as u8
+            } else {
+                0
+            }
+        };
         let sc: [u8; 8] = std::array::from_fn(|j| to6(scales[j], d));
         let m: [u8; 8] = std::array::from_fn(|j| to6(mins[j], dmin));
         b.d = f16::from_f32(d);
@@ -180,7 +193,11 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) -> Result<(), KernelErro
             let step = d * f32::from(sc[j]);
             let off = dmin * f32::from(m[j]);
             for (qv, &v) in q[j * 32..(j + 1) * 32].iter_mut().zip(sub) {
-                *qv = if step > 0.0 { ((v + off) / step).round().clamp(0.0, 15.0) as u8 } else { 0 };
+                *qv = if step > 0.0 {
+                    ((v + off) / step).round().clamp(0.0, 15.0) as u8
+                } else {
+                    0
+                };
             }
         }
         for c in 0..QK_K / 64 {
@@ -195,7 +212,8 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) -> Result<(), KernelErro
 pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) -> Result<(), KernelError> {
     check_row::<BlockQ6K>(x.len(), y.len())?;
     for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
-        let sub_scales: [f32; 16] = std::array::from_fn(|j| signed_max(&x[j * 16..(j + 1) * 16]) / -32.0);
+        let sub_scales: [f32; 16] =
+            std::array::from_fn(|j| signed_max(&x[j * 16..(j + 1) * 16]) / -32.0);
         let d = signed_max(&sub_scales) / -128.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b.d = f16::from_f32(d);
@@ -205,17 +223,31 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) -> Result<(), KernelErro
             let sc = (sub_scales[j] * id).round().clamp(-128.0, 127.0) as i8;
             b.scales[j] = sc;
             let step = d * f32::from(sc);
-            for (qv, &v) in q[j * 16..(j + 1) * 16].iter_mut().zip(&x[j * 16..(j + 1) * 16]) {
-                let level = if step != 0.0 { (v / step).round().clamp(-32.0, 31.0) as i32 } else { 0 };
+            for (qv, &v) in q[j * 16..(j + 1) * 16]
+                .iter_mut()
+                .zip(&x[j * 16..(j + 1) * 16])
+            {
+                let level = if step != 0.0 {
+                    (v / step).round().clamp(-32.0, 31.0) as i32
+                } else {
+                    0
+                };
                 *qv = (level + 32) as u8;
             }
         }
         for half in 0..QK_K / 128 {
-            let (q, ql, qh) = (&q[half * 128..], &mut b.ql[half * 64..], &mut b.qh[half * 32..]);
+            let (q, ql, qh) = (
+                &q[half * 128..],
+                &mut b.ql[half * 64..],
+                &mut b.qh[half * 32..],
+            );
             for l in 0..32 {
                 ql[l] = (q[l] & 0xF) | ((q[l + 64] & 0xF) << 4);
                 ql[l + 32] = (q[l + 32] & 0xF) | ((q[l + 96] & 0xF) << 4);
-                qh[l] = (q[l] >> 4) | ((q[l + 32] >> 4) << 2) | ((q[l + 64] >> 4) << 4) | ((q[l + 96] >> 4) << 6);
+                qh[l] = (q[l] >> 4)
+                    | ((q[l + 32] >> 4) << 2)
+                    | ((q[l + 64] >> 4) << 4)
+                    | ((q[l + 96] >> 4) << 6);
             }
         }
     }

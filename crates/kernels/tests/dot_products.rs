@@ -13,7 +13,11 @@ const SMALL_BLOCKS: [usize; 6] = [1, 2, 3, 7, 18, 152];
 const K_BLOCKS: [usize; 5] = [1, 2, 3, 7, 19];
 
 fn simd_tables() -> Vec<Kernels> {
-    Isa::supported().into_iter().filter(|&i| i != Isa::Scalar).filter_map(Kernels::for_isa).collect()
+    Isa::supported()
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar)
+        .filter_map(Kernels::for_isa)
+        .collect()
 }
 
 fn scalar() -> Kernels {
@@ -22,14 +26,23 @@ fn scalar() -> Kernels {
 
 /// Sum of |w_i * a_i|, the scale float rounding errors grow with.
 fn magnitude(w: &[f32], a: &[f32]) -> f32 {
-    w.iter().zip(a).map(|(x, y)| (f64::from(*x) * f64::from(*y)).abs()).sum::<f64>() as f32
+    w.iter()
+        .zip(a)
+        .map(|(x, y)| (f64::from(*x) * f64::from(*y)).abs())
+        .sum::<f64>() as f32
 }
 
 fn exact(w: &[f32], a: &[f32]) -> f32 {
-    w.iter().zip(a).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum::<f64>() as f32
+    w.iter()
+        .zip(a)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum::<f64>() as f32
 }
 
-fn deq<B: Block>(blocks: &[B], f: fn(&[B], &mut [f32]) -> Result<(), huddle_kernels::KernelError>) -> Vec<f32> {
+fn deq<B: Block>(
+    blocks: &[B],
+    f: fn(&[B], &mut [f32]) -> Result<(), huddle_kernels::KernelError>,
+) -> Vec<f32> {
     let mut out = vec![0.0; blocks.len() * B::ELEMENTS];
     f(blocks, &mut out).expect("sizes match");
     out
@@ -44,9 +57,19 @@ fn q4_0_q8_0_paths_match_scalar_and_dequantized() {
         let (wf, af) = (deq(&w, dequantize_row_q4_0), deq(&a, dequantize_row_q8_0));
         let mag = magnitude(&wf, &af);
         let want = (scalar().q4_0_q8_0)(&w, &a);
-        assert_close(&format!("scalar vs dequantized, {nb} blocks"), want, exact(&wf, &af), mag);
+        assert_close(
+            &format!("scalar vs dequantized, {nb} blocks"),
+            want,
+            exact(&wf, &af),
+            mag,
+        );
         for k in simd_tables() {
-            assert_close(&format!("{} {nb} blocks", k.isa.name()), (k.q4_0_q8_0)(&w, &a), want, mag);
+            assert_close(
+                &format!("{} {nb} blocks", k.isa.name()),
+                (k.q4_0_q8_0)(&w, &a),
+                want,
+                mag,
+            );
         }
     }
 }
@@ -59,12 +82,26 @@ fn q4_1_q8_1_paths_match_scalar_and_dequantized() {
         let a = q8_1_of(&floats(&mut rng, nb * 32));
         let (wf, af) = (deq(&w, dequantize_row_q4_1), deq(&a, dequantize_row_q8_1));
         // The offset term uses s = d * sum(q) rounded to f16, so allow for it.
-        let offsets: f32 = w.iter().zip(&a).map(|(w, a)| (w.m.to_f32() * a.s.to_f32()).abs()).sum();
+        let offsets: f32 = w
+            .iter()
+            .zip(&a)
+            .map(|(w, a)| (w.m.to_f32() * a.s.to_f32()).abs())
+            .sum();
         let mag = magnitude(&wf, &af) + offsets * 10.0;
         let want = (scalar().q4_1_q8_1)(&w, &a);
-        assert_close(&format!("scalar vs dequantized, {nb} blocks"), want, exact(&wf, &af), mag);
+        assert_close(
+            &format!("scalar vs dequantized, {nb} blocks"),
+            want,
+            exact(&wf, &af),
+            mag,
+        );
         for k in simd_tables() {
-            assert_close(&format!("{} {nb} blocks", k.isa.name()), (k.q4_1_q8_1)(&w, &a), want, mag);
+            assert_close(
+                &format!("{} {nb} blocks", k.isa.name()),
+                (k.q4_1_q8_1)(&w, &a),
+                want,
+                mag,
+            );
         }
     }
 }
@@ -78,9 +115,19 @@ fn q8_0_q8_0_paths_match_scalar_and_dequantized() {
         let (wf, af) = (deq(&w, dequantize_row_q8_0), deq(&a, dequantize_row_q8_0));
         let mag = magnitude(&wf, &af);
         let want = (scalar().q8_0_q8_0)(&w, &a);
-        assert_close(&format!("scalar vs dequantized, {nb} blocks"), want, exact(&wf, &af), mag);
+        assert_close(
+            &format!("scalar vs dequantized, {nb} blocks"),
+            want,
+            exact(&wf, &af),
+            mag,
+        );
         for k in simd_tables() {
-            assert_close(&format!("{} {nb} blocks", k.isa.name()), (k.q8_0_q8_0)(&w, &a), want, mag);
+            assert_close(
+                &format!("{} {nb} blocks", k.isa.name()),
+                (k.q8_0_q8_0)(&w, &a),
+                want,
+                mag,
+            );
         }
     }
 }
@@ -113,9 +160,19 @@ fn q4_k_q8_k_paths_match_scalar_and_dequantized() {
         let (wf, af) = (deq(&w, dequantize_row_q4_k), q8k_dequantized(&a));
         let mag = magnitude(&wf, &af);
         let want = (scalar().q4_k_q8_k)(&w, &a);
-        assert_close(&format!("scalar vs dequantized, {nb} blocks"), want, exact(&wf, &af), mag);
+        assert_close(
+            &format!("scalar vs dequantized, {nb} blocks"),
+            want,
+            exact(&wf, &af),
+            mag,
+        );
         for k in simd_tables() {
-            assert_close(&format!("{} {nb} blocks", k.isa.name()), (k.q4_k_q8_k)(&w, &a), want, mag);
+            assert_close(
+                &format!("{} {nb} blocks", k.isa.name()),
+                (k.q4_k_q8_k)(&w, &a),
+                want,
+                mag,
+            );
         }
     }
 }
@@ -129,9 +186,19 @@ fn q6_k_q8_k_paths_match_scalar_and_dequantized() {
         let (wf, af) = (deq(&w, dequantize_row_q6_k), q8k_dequantized(&a));
         let mag = magnitude(&wf, &af);
         let want = (scalar().q6_k_q8_k)(&w, &a);
-        assert_close(&format!("scalar vs dequantized, {nb} blocks"), want, exact(&wf, &af), mag);
+        assert_close(
+            &format!("scalar vs dequantized, {nb} blocks"),
+            want,
+            exact(&wf, &af),
+            mag,
+        );
         for k in simd_tables() {
-            assert_close(&format!("{} {nb} blocks", k.isa.name()), (k.q6_k_q8_k)(&w, &a), want, mag);
+            assert_close(
+                &format!("{} {nb} blocks", k.isa.name()),
+                (k.q6_k_q8_k)(&w, &a),
+                want,
+                mag,
+            );
         }
     }
 }
@@ -147,8 +214,48 @@ fn float_paths_match_f64_for_every_length() {
         let mag = magnitude(&x, &y);
         for k in Isa::supported().into_iter().filter_map(Kernels::for_isa) {
             let name = format!("{} n={n}", k.isa.name());
-            assert_close(&format!("f32 {name}"), (k.f32_f32)(&x, &y), exact(&x, &y), mag);
-            assert_close(&format!("f16 {name}"), (k.f16_f32)(&xh, &y), exact(&xr, &y), mag);
+            assert_close(
+                &format!("f32 {name}"),
+                (k.f32_f32)(&x, &y),
+                exact(&x, &y),
+                mag,
+            );
+            assert_close(
+                &format!("f16 {name}"),
+                (k.f16_f32)(&xh, &y),
+                exact(&xr, &y),
+                mag,
+            );
+        }
+    }
+}
+
+#[test]
+fn two_row_paths_match_two_single_row_calls() {
+    let mut rng = rng(8);
+    for nb in SMALL_BLOCKS {
+        let (ya, yb) = (floats(&mut rng, nb * 32), floats(&mut rng, nb * 32));
+        let mag = nb as f32 * 32.0 * 0.05;
+        for k in Isa::supported().into_iter().filter_map(Kernels::for_isa) {
+            let name = |t: &str| format!("{t} {} {nb} blocks", k.isa.name());
+            if let Some(dot2) = k.q4_0_q8_0_x2 {
+                let (w, a, b) = (random_q4_0(&mut rng, nb), q8_0_of(&ya), q8_0_of(&yb));
+                let (r0, r1) = dot2(&w, &a, &b);
+                assert_close(&name("q4_0 row 0"), r0, (scalar().q4_0_q8_0)(&w, &a), mag);
+                assert_close(&name("q4_0 row 1"), r1, (scalar().q4_0_q8_0)(&w, &b), mag);
+            }
+            if let Some(dot2) = k.q4_1_q8_1_x2 {
+                let (w, a, b) = (random_q4_1(&mut rng, nb), q8_1_of(&ya), q8_1_of(&yb));
+                let (r0, r1) = dot2(&w, &a, &b);
+                assert_close(&name("q4_1 row 0"), r0, (scalar().q4_1_q8_1)(&w, &a), mag);
+                assert_close(&name("q4_1 row 1"), r1, (scalar().q4_1_q8_1)(&w, &b), mag);
+            }
+            if let Some(dot2) = k.q8_0_q8_0_x2 {
+                let (w, a, b) = (random_q8_0(&mut rng, nb), q8_0_of(&ya), q8_0_of(&yb));
+                let (r0, r1) = dot2(&w, &a, &b);
+                assert_close(&name("q8_0 row 0"), r0, (scalar().q8_0_q8_0)(&w, &a), mag);
+                assert_close(&name("q8_0 row 1"), r1, (scalar().q8_0_q8_0)(&w, &b), mag);
+            }
         }
     }
 }

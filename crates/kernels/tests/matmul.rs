@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use huddle_kernels::{Activations, Isa, KernelError, Kernels, ThreadPool, WeightType, Weights, matmul, matmul_with};
+use huddle_kernels::{
+    Activations, Isa, KernelError, Kernels, ThreadPool, WeightType, Weights, matmul, matmul_with,
+};
 
 const TYPES: [WeightType; 7] = [
     WeightType::F32,
@@ -36,7 +38,8 @@ fn check(ty: WeightType, m: usize, n: usize, k: usize, pools: &[ThreadPool], see
     let len = ty.row_bytes(k).expect("whole blocks") * n;
     let weights = Weights::from_bytes(ty, as_bytes(&words, len), n, k).expect("valid weights");
     let mut acts = Activations::new();
-    acts.quantize(ty.activation_type(), &floats(&mut rng, m * k), m, k).expect("valid activations");
+    acts.quantize(ty.activation_type(), &floats(&mut rng, m * k), m, k)
+        .expect("valid activations");
     let want = reference(&weights, &acts);
     for pool in pools {
         for kernels in Isa::supported().into_iter().filter_map(Kernels::for_isa) {
@@ -44,7 +47,12 @@ fn check(ty: WeightType, m: usize, n: usize, k: usize, pools: &[ThreadPool], see
             matmul_with(&kernels, pool, &weights, &acts, &mut out).expect("valid shapes");
             for (idx, (g, w)) in out.iter().zip(&want).enumerate() {
                 assert_close(
-                    &format!("{} {} threads={} m={m} n={n} k={k} at {idx}", ty.name(), kernels.isa.name(), pool.threads()),
+                    &format!(
+                        "{} {} threads={} m={m} n={n} k={k} at {idx}",
+                        ty.name(),
+                        kernels.isa.name(),
+                        pool.threads()
+                    ),
                     *g,
                     *w,
                     k as f32 * 0.01,
@@ -59,9 +67,17 @@ fn every_format_matches_reference_over_odd_shapes_and_pool_sizes() {
     let pools: Vec<ThreadPool> = (1..=4).map(ThreadPool::new).collect();
     for (t, ty) in TYPES.into_iter().enumerate() {
         let kmin = min_cols(ty);
-        for (s, (m, n, k)) in [(1, 1, kmin), (1, 37, kmin), (1, 129, 3 * kmin), (3, 70, 2 * kmin), (5, 16, kmin)]
-            .into_iter()
-            .enumerate()
+        for (s, (m, n, k)) in [
+            (1, 1, kmin),
+            (1, 37, kmin),
+            (1, 129, 3 * kmin),
+            (3, 70, 2 * kmin),
+            (5, 16, kmin),
+            (2, 33, 2 * kmin),
+            (4, 20, 3 * kmin),
+        ]
+        .into_iter()
+        .enumerate()
         {
             check(ty, m, n, k, &pools, (t * 10 + s) as u64);
         }
@@ -76,7 +92,10 @@ fn quantized_matvec_tracks_float_matvec() {
     // weight_bytes draws the same floats from the same seed.
     let x = floats(&mut rng(99), n * k);
     let a = floats(&mut rng(100), k);
-    let exact: Vec<f32> = x.chunks(k).map(|r| r.iter().zip(&a).map(|(p, q)| p * q).sum()).collect();
+    let exact: Vec<f32> = x
+        .chunks(k)
+        .map(|r| r.iter().zip(&a).map(|(p, q)| p * q).sum())
+        .collect();
     let pool = ThreadPool::new(2);
     for (ty, tol) in [
         (WeightType::F32, 0.25),
@@ -87,7 +106,13 @@ fn quantized_matvec_tracks_float_matvec() {
         (WeightType::Q4K, 2.5),
     ] {
         let words = weight_bytes(&mut rng(99), ty, n, k).expect("whole blocks");
-        let w = Weights::from_bytes(ty, as_bytes(&words, ty.row_bytes(k).expect("row") * n), n, k).expect("weights");
+        let w = Weights::from_bytes(
+            ty,
+            as_bytes(&words, ty.row_bytes(k).expect("row") * n),
+            n,
+            k,
+        )
+        .expect("weights");
         let mut acts = Activations::new();
         acts.quantize(ty.activation_type(), &a, 1, k).expect("acts");
         let mut out = vec![0.0; n];
@@ -108,8 +133,12 @@ fn activation_buffer_is_reused_across_types_and_shapes() {
         (huddle_kernels::ActivationType::Q8_0, 1, 32),
         (huddle_kernels::ActivationType::F32, 3, 5),
     ] {
-        acts.quantize(ty, &floats(&mut rng, rows * cols), rows, cols).expect("valid");
-        assert_eq!((acts.activation_type(), acts.rows(), acts.cols()), (ty, rows, cols));
+        acts.quantize(ty, &floats(&mut rng, rows * cols), rows, cols)
+            .expect("valid");
+        assert_eq!(
+            (acts.activation_type(), acts.rows(), acts.cols()),
+            (ty, rows, cols)
+        );
     }
 }
 
@@ -121,18 +150,51 @@ fn mismatched_inputs_are_typed_errors() {
     let w = Weights::from_bytes(WeightType::Q4_1, bytes, 4, 64).expect("weights");
     let mut acts = Activations::new();
 
-    acts.quantize(WeightType::Q4_0.activation_type(), &[0.5; 64], 1, 64).expect("acts");
+    acts.quantize(WeightType::Q4_0.activation_type(), &[0.5; 64], 1, 64)
+        .expect("acts");
     let err = matmul(&pool, &w, &acts, &mut [0.0; 4]).unwrap_err();
-    assert!(matches!(err, KernelError::ActivationType { expected: "Q8_1", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            KernelError::ActivationType {
+                expected: "Q8_1",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
-    acts.quantize(WeightType::Q4_1.activation_type(), &[0.5; 32], 1, 32).expect("acts");
-    assert_eq!(matmul(&pool, &w, &acts, &mut [0.0; 4]), Err(KernelError::InnerDim { weights: 64, activations: 32 }));
+    acts.quantize(WeightType::Q4_1.activation_type(), &[0.5; 32], 1, 32)
+        .expect("acts");
+    assert_eq!(
+        matmul(&pool, &w, &acts, &mut [0.0; 4]),
+        Err(KernelError::InnerDim {
+            weights: 64,
+            activations: 32
+        })
+    );
 
-    acts.quantize(WeightType::Q4_1.activation_type(), &[0.5; 64], 1, 64).expect("acts");
-    assert!(matches!(matmul(&pool, &w, &acts, &mut [0.0; 3]), Err(KernelError::Size { .. })));
+    acts.quantize(WeightType::Q4_1.activation_type(), &[0.5; 64], 1, 64)
+        .expect("acts");
+    assert!(matches!(
+        matmul(&pool, &w, &acts, &mut [0.0; 3]),
+        Err(KernelError::Size { .. })
+    ));
 
-    assert!(matches!(Weights::from_bytes(WeightType::Q4_1, bytes, 4, 48), Err(KernelError::RowLength { .. })));
-    assert!(matches!(Weights::from_bytes(WeightType::Q4_1, &bytes[..100], 4, 64), Err(KernelError::Size { .. })));
-    assert!(matches!(acts.quantize(WeightType::Q4K.activation_type(), &[0.0; 128], 1, 128), Err(KernelError::RowLength { .. })));
-    assert!(matches!(acts.quantize(WeightType::Q8_0.activation_type(), &[0.0; 64], 1, 32), Err(KernelError::Size { .. })));
+    assert!(matches!(
+        Weights::from_bytes(WeightType::Q4_1, bytes, 4, 48),
+        Err(KernelError::RowLength { .. })
+    ));
+    assert!(matches!(
+        Weights::from_bytes(WeightType::Q4_1, &bytes[..100], 4, 64),
+        Err(KernelError::Size { .. })
+    ));
+    assert!(matches!(
+        acts.quantize(WeightType::Q4K.activation_type(), &[0.0; 128], 1, 128),
+        Err(KernelError::RowLength { .. })
+    ));
+    assert!(matches!(
+        acts.quantize(WeightType::Q8_0.activation_type(), &[0.0; 64], 1, 32),
+        Err(KernelError::Size { .. })
+    ));
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod testbed;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

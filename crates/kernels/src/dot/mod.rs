@@ -4,6 +4,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_rows2;
 pub mod scalar;
 
 use std::sync::OnceLock;
@@ -35,7 +37,9 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => false,
@@ -44,7 +48,10 @@ impl Isa {
 
     /// Every path this CPU can run, best last.
     pub fn supported() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2].into_iter().filter(|i| i.is_supported()).collect()
+        [Isa::Scalar, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.is_supported())
+            .collect()
     }
 
     /// The best path this CPU can run, unless `HUDDLE_KERNEL_ISA` names a
@@ -70,7 +77,15 @@ pub struct Kernels {
     pub q6_k_q8_k: fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
     pub f32_f32: fn(&[f32], &[f32]) -> f32,
     pub f16_f32: fn(&[f16], &[f32]) -> f32,
+    /// One weight row against two activation rows, where a path has one:
+    /// prompts unpack each weight block once for two rows.
+    pub q4_0_q8_0_x2: Option<Dot2<BlockQ4_0, BlockQ8_0>>,
+    pub q4_1_q8_1_x2: Option<Dot2<BlockQ4_1, BlockQ8_1>>,
+    pub q8_0_q8_0_x2: Option<Dot2<BlockQ8_0, BlockQ8_0>>,
 }
+
+/// A dot product of one weight row with two activation rows.
+pub type Dot2<W, A> = fn(&[W], &[A], &[A]) -> (f32, f32);
 
 const SCALAR: Kernels = Kernels {
     isa: Isa::Scalar,
@@ -81,6 +96,9 @@ const SCALAR: Kernels = Kernels {
     q6_k_q8_k: scalar::vec_dot_q6_k_q8_k,
     f32_f32: scalar::vec_dot_f32,
     f16_f32: scalar::vec_dot_f16_f32,
+    q4_0_q8_0_x2: None,
+    q4_1_q8_1_x2: None,
+    q8_0_q8_0_x2: None,
 };
 
 // SAFETY (every closure below): `Kernels::for_isa` hands this table out
@@ -95,6 +113,9 @@ const AVX2: Kernels = Kernels {
     q6_k_q8_k: |x, y| unsafe { avx2::vec_dot_q6_k_q8_k(x, y) },
     f32_f32: |x, y| unsafe { avx2::vec_dot_f32(x, y) },
     f16_f32: |x, y| unsafe { avx2::vec_dot_f16_f32(x, y) },
+    q4_0_q8_0_x2: Some(|x, a, b| unsafe { avx2_rows2::vec_dot2_q4_0_q8_0(x, a, b) }),
+    q4_1_q8_1_x2: Some(|x, a, b| unsafe { avx2_rows2::vec_dot2_q4_1_q8_1(x, a, b) }),
+    q8_0_q8_0_x2: Some(|x, a, b| unsafe { avx2_rows2::vec_dot2_q8_0_q8_0(x, a, b) }),
 };
 
 impl Kernels {

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use half::f16;
-use huddle_kernels::block::{Block, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, block_bytes};
+use huddle_kernels::block::{
+    Block, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_1, BlockQ8K, block_bytes,
+};
 use huddle_kernels::quantize::{
     quantize_row_q4_0, quantize_row_q4_1, quantize_row_q4_k, quantize_row_q6_k, quantize_row_q8_0,
     quantize_row_q8_1, quantize_row_q8_k,
@@ -25,11 +27,16 @@ fn small_f16(rng: &mut StdRng) -> f16 {
 
 /// Blocks of random bytes (every bit pattern of the integer fields occurs)
 /// with finite random scales, so kernels see values no quantizer produces.
-pub fn random_blocks<B: Block>(rng: &mut StdRng, n: usize, fix: impl Fn(&mut StdRng, &mut B)) -> Vec<B> {
+pub fn random_blocks<B: Block>(
+    rng: &mut StdRng,
+    n: usize,
+    fix: impl Fn(&mut StdRng, &mut B),
+) -> Vec<B> {
     let mut out = vec![B::default(); n];
     for b in &mut out {
         // SAFETY: `Block` types accept every bit pattern.
-        let bytes = unsafe { std::slice::from_raw_parts_mut((b as *mut B).cast::<u8>(), size_of::<B>()) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut((b as *mut B).cast::<u8>(), size_of::<B>()) };
         rng.fill_bytes(bytes);
         fix(rng, b);
     }
@@ -82,16 +89,27 @@ pub fn q8_k_of(x: &[f32]) -> Vec<BlockQ8K> {
 
 /// A `[rows, cols]` weight matrix of `ty` quantized from random floats, as
 /// the bytes a GGUF file would hold (in a u32 buffer for alignment).
-pub fn weight_bytes(rng: &mut StdRng, ty: WeightType, rows: usize, cols: usize) -> Result<Vec<u32>, KernelError> {
+pub fn weight_bytes(
+    rng: &mut StdRng,
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<u32>, KernelError> {
     let x = floats(rng, rows * cols);
-    fn q<B: Block>(x: &[f32], f: fn(&[f32], &mut [B]) -> Result<(), KernelError>) -> Result<Vec<u8>, KernelError> {
+    fn q<B: Block>(
+        x: &[f32],
+        f: fn(&[f32], &mut [B]) -> Result<(), KernelError>,
+    ) -> Result<Vec<u8>, KernelError> {
         let mut y = vec![B::default(); x.len() / B::ELEMENTS];
         f(x, &mut y)?;
         Ok(block_bytes(&y).to_vec())
     }
     let bytes = match ty {
         WeightType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        WeightType::F16 => x.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+        WeightType::F16 => x
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
         WeightType::Q4_0 => q::<BlockQ4_0>(&x, quantize_row_q4_0)?,
         WeightType::Q4_1 => q::<BlockQ4_1>(&x, quantize_row_q4_1)?,
         WeightType::Q8_0 => q::<BlockQ8_0>(&x, quantize_row_q8_0)?,
@@ -100,7 +118,9 @@ pub fn weight_bytes(rng: &mut StdRng, ty: WeightType, rows: usize, cols: usize) 
     };
     let mut words = vec![0u32; bytes.len().div_ceil(4)];
     // SAFETY: words holds at least bytes.len() bytes.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast::<u8>(), bytes.len())
+    };
     words.truncate(bytes.len().div_ceil(4));
     Ok(words)
 }
@@ -113,5 +133,8 @@ pub fn as_bytes(words: &[u32], len: usize) -> &[u8] {
 
 pub fn assert_close(what: &str, got: f32, want: f32, magnitude: f32) {
     let tol = 1e-4 * (magnitude + want.abs()) + 1e-5;
-    assert!((got - want).abs() <= tol, "{what}: got {got}, want {want} (tolerance {tol})");
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got}, want {want} (tolerance {tol})"
+    );
 }
