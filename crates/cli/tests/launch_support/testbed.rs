@@ -66,7 +66,10 @@ pub fn cluster(what: &str, n: usize) -> Option<Cluster> {
     // cluster.sh's switch namespace exists only while the hosts are up.
     let running = up.iter().any(|ns| ns == "tbsw") && ssh_config.exists() && hosts_json.exists();
     if running && !(0..n).all(|i| up.iter().any(|ns| *ns == format!("h{i}"))) {
-        cannot_run(what, &format!("the running testbed has fewer than {n} hosts"));
+        cannot_run(
+            what,
+            &format!("the running testbed has fewer than {n} hosts"),
+        );
         return None;
     }
     let ours = !running;
