@@ -9,7 +9,8 @@ use clap::Args;
 use huddle_lm::ChatSession;
 
 use crate::generate::{
-    ModelArgs, SamplingArgs, chat_template, generate_options, load, print_stats, stdout_sink,
+    ModelArgs, SamplingArgs, chat_template, follow_if_not_leader, generate_options, load,
+    print_stats, stdout_sink,
 };
 
 #[derive(Args, Debug)]
@@ -26,6 +27,9 @@ pub struct ChatArgs {
 
 pub fn run(args: ChatArgs, verbose: u8) -> anyhow::Result<i32> {
     let mut loaded = load(&args.model)?;
+    if let Some(done) = follow_if_not_leader(&mut loaded) {
+        return done;
+    }
     let template = chat_template(&loaded.tokenizer, &args.model.model)?;
     let options = generate_options(&args.sampling, &loaded, Some(&template));
     let mut session = ChatSession::new(template, args.system.clone(), options)?;

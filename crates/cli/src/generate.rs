@@ -106,11 +106,14 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
 }
 
-/// Sets the thread budget, then loads the tokenizer and the model.
+/// Sets the thread budget, joins the job's ranks (when started by `huddle
+/// launch`: they form one tensor-parallel group), then loads the tokenizer
+/// and this rank's part of the model.
 pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     // SAFETY: called first thing in a subcommand, from the main thread,
     // before candle or anything else in this process has started threads.
     unsafe { huddle_lm::threads::configure_cpu_threads(args.threads) }?;
+    let group = huddle_comm::init().context("joining the other ranks")?;
     let path = &args.model;
     if !path.exists() {
         anyhow::bail!("{}: no such file or directory", path.display());
@@ -123,10 +126,10 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
             QuantizeArg::Q4 => Quantize::Q4,
         }),
         max_kv_size: args.max_kv_size,
-        progress: std::io::stderr().is_terminal(),
+        progress: group.rank() == 0 && std::io::stderr().is_terminal(),
     };
-    let model =
-        Model::load(path, &options).with_context(|| format!("loading {}", path.display()))?;
+    let model = Model::load_sharded(path, &options, &group)
+        .with_context(|| format!("loading {}", path.display()))?;
     tracing::info!(
         architecture = %model.info().architecture,
         layers = model.info().num_layers,
@@ -180,13 +183,33 @@ pub fn stdout_sink() -> impl FnMut(&str) -> ControlFlow<()> {
     }
 }
 
+/// On a rank other than 0 of a tensor-parallel group: runs the steps rank
+/// 0 announces until it is done. `None` on rank 0, which goes on to drive.
+pub fn follow_if_not_leader(loaded: &mut Loaded) -> Option<anyhow::Result<i32>> {
+    let (rank, _) = loaded.model.tensor_rank();
+    if rank == 0 {
+        return None;
+    }
+    Some(
+        loaded
+            .model
+            .follow()
+            .map(|()| 0)
+            .with_context(|| format!("rank {rank} following rank 0")),
+    )
+}
+
 pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
+    let mut loaded = load(&args.model)?;
+    if let Some(done) = follow_if_not_leader(&mut loaded) {
+        return done;
+    }
+    // Only rank 0 gets the launcher's stdin.
     let prompt = if args.prompt == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?
     } else {
         args.prompt.clone()
     };
-    let mut loaded = load(&args.model)?;
     let template = if args.ignore_chat_template {
         None
     } else {

@@ -12,7 +12,11 @@ mod chat;
 mod generate;
 
 #[derive(Parser)]
-#[command(name = "huddle", version, about = "Run and fine-tune LLMs across several machines")]
+#[command(
+    name = "huddle",
+    version,
+    about = "Run and fine-tune LLMs across several machines"
+)]
 struct Cli {
     /// More detail on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

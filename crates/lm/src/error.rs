@@ -109,6 +109,34 @@ pub enum LmError {
 
     #[error("tensor computation failed: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
+
+    /// A collective of the tensor-parallel group failed (a peer died, or
+    /// the ranks disagree about what to compute).
+    #[error("tensor-parallel communication failed: {0}")]
+    Comm(huddle_comm::CommError),
+
+    #[error("{}: rank {rank} has a different model than rank 0 (same path, other files?)", path.display())]
+    ModelMismatch { path: PathBuf, rank: usize },
+
+    /// A step message from rank 0 that makes no sense (a version skew).
+    #[error("rank {rank}: bad step message from rank 0: {what}")]
+    BadStep { rank: usize, what: String },
+
+    /// Model::forward called on a rank that follows rank 0's engine loop.
+    #[error(
+        "rank {rank} of a tensor group runs the steps rank 0 announces: call Model::follow there"
+    )]
+    NotLeader { rank: usize },
+
+    /// The model cannot be divided over this many ranks.
+    #[error("cannot split the model over {ranks} ranks: {why}")]
+    Unsplittable { ranks: usize, why: String },
+}
+
+impl LmError {
+    pub fn comm(e: huddle_comm::CommError) -> LmError {
+        LmError::Comm(e)
+    }
 }
 
 /// candle appends a backtrace to its messages when RUST_BACKTRACE is set;

@@ -14,6 +14,9 @@ pub mod models;
 pub mod rope;
 pub mod weights;
 
+pub mod engine;
+pub mod tp;
+
 pub mod chat;
 pub mod chat_template;
 pub mod generate;

@@ -1,17 +1,21 @@
 //! The one linear layer every model uses: float or GGML-quantized weight,
 //! optional bias, built from a weight-source request.
 //!
-//! Model code says how each layer splits under tensor parallelism
-//! ([`Split`], MLX's two strategies); the loader's [`Shard`] turns that into
-//! the slice this rank reads. A single process is `Shard::WHOLE` and reads
-//! everything; a tensor-parallel `ShardedLinear` later adds the all_sum after
-//! `Split::Input` layers, without touching the model files.
+//! It is also the sharded linear of tensor parallelism (MLX's two
+//! strategies): model code says how each layer splits ([`Split`]) and which
+//! range is this rank's ([`Linear::load_part`]); a `Split::Input` layer
+//! sums its partial outputs over the tensor group in place, on the freshly
+//! computed output's own storage. A single process reads everything.
+
+use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
+use huddle_comm::Group;
 
 use crate::error::LmError;
 use crate::model::Quantize;
+use crate::tp::all_sum_in_place;
 use crate::weights::{Loader, Slice, Weight};
 
 /// How a layer divides across tensor-parallel ranks.
@@ -73,6 +77,9 @@ enum LinearWeight {
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    /// Set on a `Split::Input` layer of a tensor group: its partial
+    /// outputs are summed over the group (sharded-to-all).
+    reduce: Option<Group>,
 }
 
 impl Linear {
@@ -147,7 +154,77 @@ impl Linear {
             }
             (Weight::Float(t), None) => LinearWeight::Float(t),
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight,
+            bias,
+            reduce: None,
+        })
+    }
+
+    /// This rank's part of a layer split over the loader's tensor group:
+    /// `range` counts output features for `Split::Output` (all-to-sharded:
+    /// those rows, their bias entries, no communication) and input features
+    /// for `Split::Input` (sharded-to-all: those columns, then all_sum; the
+    /// bias is added once, after the sum).
+    ///
+    /// A column range of a quantized tensor that does not fall on its block
+    /// boundaries is read as the whole blocks around it, dequantized and cut
+    /// to f32: exact weights, but f32 matmuls (more memory, and not the
+    /// quantized kernels' rounding), so callers pick aligned ranges where
+    /// they can (heads whole; MLP widths on blocks).
+    pub fn load_part(
+        loader: &mut Loader,
+        prefix: &str,
+        (in_dim, out_dim): (usize, usize),
+        bias: bool,
+        split: Split,
+        range: Range<usize>,
+    ) -> Result<Linear, LmError> {
+        let name = format!("{prefix}.weight");
+        let whole = match split {
+            Split::Output => range == (0..out_dim),
+            Split::Input => range == (0..in_dim),
+            Split::Whole => true,
+        };
+        if whole {
+            let mut l = Linear::load_slice(loader, prefix, in_dim, out_dim, bias, &Slice::Full)?;
+            if split == Split::Input && loader.group().size() > 1 {
+                l.reduce = Some(loader.group().clone());
+            }
+            return Ok(l);
+        }
+        if split == Split::Output {
+            return Linear::load_slice(loader, prefix, in_dim, out_dim, bias, &Slice::Rows(range));
+        }
+        let block = loader.block_size(&name);
+        let aligned = range.start.is_multiple_of(block)
+            && (range.end.is_multiple_of(block) || range.end == in_dim);
+        let mut l = if aligned {
+            Linear::load_slice(loader, prefix, in_dim, out_dim, bias, &Slice::Cols(range))?
+        } else {
+            tracing::debug!(
+                tensor = name,
+                ?range,
+                block,
+                "unaligned column slice: dequantized"
+            );
+            // Read the enclosing whole blocks only, then cut in f32.
+            let lo = range.start / block * block;
+            let hi = range.end.div_ceil(block).saturating_mul(block).min(in_dim);
+            let w = loader
+                .weight(&name, &[out_dim, in_dim], &Slice::Cols(lo..hi))?
+                .into_float()?
+                .narrow(1, range.start - lo, range.len())?
+                .contiguous()?;
+            let b = if bias {
+                Some(loader.float(&format!("{prefix}.bias"), &[out_dim])?)
+            } else {
+                None
+            };
+            Linear::from_weight(Weight::Float(w), b, loader.quantize())?
+        };
+        l.reduce = Some(loader.group().clone());
+        Ok(l)
     }
 
     /// A bias-free layer over a quantized tensor shared with another user
@@ -156,6 +233,7 @@ impl Linear {
         Ok(Linear {
             weight: LinearWeight::Quantized(QMatMul::from_arc(q)?),
             bias: None,
+            reduce: None,
         })
     }
 
@@ -178,6 +256,10 @@ impl Linear {
                         .reshape(out_dims)?
                 }
             }
+        };
+        let y = match &self.reduce {
+            Some(group) => all_sum_in_place(y, group)?,
+            None => y,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),

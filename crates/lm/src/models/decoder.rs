@@ -3,7 +3,8 @@
 //! norm and the output head. Families differ only in config (biases, q/k
 //! norm, RoPE, experts), which `TransformerConfig` carries.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+use huddle_comm::Group;
 
 use super::attention::Attention;
 use super::embedding::Embedding;
@@ -16,6 +17,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::{Linear, Split};
 use crate::model::Logits;
 use crate::rope::Rope;
+use crate::tp;
 use crate::weights::Loader;
 
 #[derive(Debug, Clone)]
@@ -36,8 +38,10 @@ pub struct Decoder {
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
+    /// On a tensor-parallel rank, this rank's vocabulary rows only.
     head: Linear,
     rope: Rope,
+    group: Group,
 }
 
 impl Decoder {
@@ -73,8 +77,10 @@ impl Decoder {
         let head = if cfg.tie_word_embeddings {
             embed.as_head(loader.quantize())?
         } else {
-            Linear::load(loader, "lm_head", h, cfg.vocab_size, false, Split::Whole)?
+            let dims = (h, cfg.vocab_size);
+            Linear::load_part(loader, "lm_head", dims, false, Split::Output, embed.rows())?
         };
+        let group = loader.group().clone();
         // GGUF llama 3 stores its RoPE scaling as per-pair frequency divisors.
         let freq_factors = if loader.contains("rope_freqs.weight") {
             let t = loader.float("rope_freqs.weight", &[cfg.head_dim / 2])?;
@@ -90,7 +96,45 @@ impl Decoder {
             norm,
             head,
             rope,
+            group,
         })
+    }
+
+    /// KV heads per layer this rank caches.
+    pub fn local_kv_heads(&self) -> usize {
+        self.blocks
+            .first()
+            .map_or(self.cfg.num_kv_heads, |b| b.attn.local_kv_heads())
+    }
+
+    /// The full `[t, vocab]` logits from every rank's `[t, range]` slice.
+    fn gather_vocab(&self, part: Tensor) -> Result<Tensor, LmError> {
+        let size = self.group.size();
+        if size <= 1 {
+            return Ok(part);
+        }
+        let t = part.dim(0)?;
+        let vocab = self.cfg.vocab_size;
+        let widths: Vec<usize> = (0..size)
+            .map(|r| tp::balanced(vocab, size, r).len())
+            .collect();
+        let counts: Vec<usize> = widths.iter().map(|w| w * t).collect();
+        let mine = part.flatten_all()?.to_vec1::<f32>()?;
+        let mut all = vec![0f32; t * vocab];
+        self.group
+            .all_gather_varied(&mine, &mut all, &counts)
+            .map_err(LmError::comm)?;
+        let all = Tensor::from_vec(all, t * vocab, &Device::Cpu)?;
+        if t == 1 {
+            return Ok(all.reshape((1, vocab))?);
+        }
+        let mut at = 0;
+        let mut blocks = Vec::with_capacity(size);
+        for w in widths {
+            blocks.push(all.narrow(0, at, w * t)?.reshape((t, w))?);
+            at += w * t;
+        }
+        Ok(Tensor::cat(&blocks, 1)?)
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -125,7 +169,13 @@ impl Decoder {
                 context_length: self.cfg.context_length,
             });
         }
-        let result = self.run(tokens, kv, logits);
+        let result = self.run(tokens, kv, logits).map_err(|e| match e {
+            LmError::Candle(c) => match tp::take_comm_error() {
+                Some(comm) => LmError::Comm(comm),
+                None => LmError::Candle(c),
+            },
+            other => other,
+        });
         if result.is_err() {
             // Leave the cache as it was before this step, not half-written.
             let _ = kv.truncate(position);
@@ -157,7 +207,7 @@ impl Decoder {
             Logits::Last => x.narrow(0, t - 1, 1)?,
             Logits::All => x,
         };
-        let out = self.head.forward(&self.norm.forward(&x)?)?;
+        let out = self.gather_vocab(self.head.forward(&self.norm.forward(&x)?)?)?;
         Ok(match logits {
             Logits::Last => out.squeeze(0)?,
             Logits::All => out,

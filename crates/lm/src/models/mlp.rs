@@ -1,9 +1,12 @@
 //! The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
 
+use std::ops::Range;
+
 use candle_core::Tensor;
 
 use crate::error::LmError;
 use crate::linear::{Linear, Split};
+use crate::tp;
 use crate::weights::Loader;
 
 #[derive(Debug, Clone)]
@@ -33,6 +36,10 @@ pub const MIXTRAL_EXPERT: MlpNames = MlpNames {
 };
 
 impl Mlp {
+    /// This rank's part of the block, split over the loader's tensor group
+    /// by hidden width: gate and up by rows, down by columns (then summed).
+    /// Split points fall on quantization blocks (32, or 256 for K-quants)
+    /// where the width allows.
     pub fn load(
         loader: &mut Loader,
         prefix: &str,
@@ -41,31 +48,64 @@ impl Mlp {
         intermediate: usize,
         bias: bool,
     ) -> Result<Self, LmError> {
+        let (rank, size) = (loader.group().rank(), loader.group().size());
+        let block = loader.block_size(&format!("{prefix}.{}.weight", names.down));
+        let range = [block.max(32), 1]
+            .into_iter()
+            .find_map(|align| tp::aligned(intermediate, align, size, rank))
+            .ok_or_else(|| LmError::Unsplittable {
+                ranks: size,
+                why: format!("MLP width {intermediate} of {prefix}"),
+            })?;
+        let dims = (hidden, intermediate);
+        Mlp::load_range(loader, prefix, names, dims, bias, range, Split::Input)
+    }
+
+    /// The whole block on this rank (an expert of a mixture whose experts
+    /// are divided among ranks).
+    pub fn load_whole(
+        loader: &mut Loader,
+        prefix: &str,
+        names: &MlpNames,
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+    ) -> Result<Self, LmError> {
+        let dims = (hidden, intermediate);
+        Mlp::load_range(
+            loader,
+            prefix,
+            names,
+            dims,
+            bias,
+            0..intermediate,
+            Split::Whole,
+        )
+    }
+
+    fn load_range(
+        loader: &mut Loader,
+        prefix: &str,
+        names: &MlpNames,
+        (hidden, intermediate): (usize, usize),
+        bias: bool,
+        range: Range<usize>,
+        down_split: Split,
+    ) -> Result<Self, LmError> {
+        let mut part = |name: &str, dims, split| {
+            Linear::load_part(
+                loader,
+                &format!("{prefix}.{name}"),
+                dims,
+                bias,
+                split,
+                range.clone(),
+            )
+        };
         Ok(Mlp {
-            gate: Linear::load(
-                loader,
-                &format!("{prefix}.{}", names.gate),
-                hidden,
-                intermediate,
-                bias,
-                Split::Output,
-            )?,
-            up: Linear::load(
-                loader,
-                &format!("{prefix}.{}", names.up),
-                hidden,
-                intermediate,
-                bias,
-                Split::Output,
-            )?,
-            down: Linear::load(
-                loader,
-                &format!("{prefix}.{}", names.down),
-                intermediate,
-                hidden,
-                bias,
-                Split::Input,
-            )?,
+            gate: part(names.gate, (hidden, intermediate), Split::Output)?,
+            up: part(names.up, (hidden, intermediate), Split::Output)?,
+            down: part(names.down, (intermediate, hidden), down_split)?,
         })
     }
 

@@ -4,17 +4,23 @@
 //! probabilities.
 
 use candle_core::{Device, Tensor};
+use huddle_comm::Group;
 
 use super::mlp::{HF_MLP, MIXTRAL_EXPERT, Mlp};
 use crate::config::{ExpertNaming, MoeConfig};
 use crate::error::LmError;
 use crate::linear::{Linear, Split};
+use crate::tp;
 use crate::weights::Loader;
 
 #[derive(Debug, Clone)]
 pub struct SparseMoe {
     router: Linear,
+    /// This rank's experts, `first_expert..first_expert + experts.len()`;
+    /// the others' contributions arrive through the all_sum.
     experts: Vec<Mlp>,
+    first_expert: usize,
+    group: Group,
     top_k: usize,
     norm_topk_prob: bool,
 }
@@ -39,9 +45,13 @@ impl SparseMoe {
             false,
             Split::Whole,
         )?;
-        let experts = (0..moe.num_experts)
+        // Whole experts per rank (not each expert's width split): expert
+        // widths are often too narrow to cut on quantization blocks.
+        let group = loader.group().clone();
+        let first_expert = tp::balanced(moe.num_experts, group.size(), group.rank()).start;
+        let experts = tp::balanced(moe.num_experts, group.size(), group.rank())
             .map(|e| {
-                Mlp::load(
+                Mlp::load_whole(
                     loader,
                     &format!("{prefix}.{block}.experts.{e}"),
                     names,
@@ -54,6 +64,8 @@ impl SparseMoe {
         Ok(SparseMoe {
             router,
             experts,
+            first_expert,
+            group,
             top_k: moe.experts_per_token,
             norm_topk_prob: moe.norm_topk_prob,
         })
@@ -63,9 +75,11 @@ impl SparseMoe {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let probs = candle_nn::ops::softmax_last_dim(&self.router.forward(x)?)?;
         let probs = probs.to_vec2::<f32>()?;
-        let routes = route(&probs, self.top_k, self.norm_topk_prob, self.experts.len());
+        let experts = probs.first().map_or(0, Vec::len);
+        let routes = route(&probs, self.top_k, self.norm_topk_prob, experts);
         let mut out = x.zeros_like()?;
-        for (expert, (tokens, weights)) in self.experts.iter().zip(routes) {
+        let mine = routes.into_iter().skip(self.first_expert);
+        for (expert, (tokens, weights)) in self.experts.iter().zip(mine) {
             if tokens.is_empty() {
                 continue;
             }
@@ -75,7 +89,7 @@ impl SparseMoe {
             let y = expert.forward(&x.index_select(&index, 0)?)?;
             out = out.index_add(&index, &y.broadcast_mul(&weights)?, 0)?;
         }
-        Ok(out)
+        tp::all_sum_in_place(out, &self.group)
     }
 }
 

@@ -7,6 +7,8 @@ use std::path::Path;
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use huddle_comm::Group;
+
 use super::{Slice, Weight, WeightSource};
 use crate::error::LmError;
 use crate::linear::Shard;
@@ -18,6 +20,7 @@ pub struct Loader {
     bar: ProgressBar,
     tensors: u64,
     shard: Shard,
+    group: Group,
 }
 
 impl Loader {
@@ -42,6 +45,32 @@ impl Loader {
             bar,
             tensors: 0,
             shard: Shard::WHOLE,
+            group: Group::single(),
+        }
+    }
+
+    /// Loads this rank's part of a model split over `group`.
+    pub fn with_group(mut self, group: Group) -> Self {
+        self.shard = Shard {
+            rank: group.rank(),
+            size: group.size(),
+        };
+        self.group = group;
+        self
+    }
+
+    /// The tensor-parallel group split layers sum and gather over.
+    pub fn group(&self) -> &Group {
+        &self.group
+    }
+
+    /// Elements per quantization block of a stored tensor (1 for float):
+    /// column slices of it must start and end on multiples of this.
+    pub fn block_size(&self, name: &str) -> usize {
+        match self.source.meta(name) {
+            Some(m) if m.dtype.starts_with('Q') && m.dtype.ends_with('K') => 256,
+            Some(m) if m.dtype.starts_with('Q') || m.dtype.starts_with("IQ") => 32,
+            _ => 1,
         }
     }
 

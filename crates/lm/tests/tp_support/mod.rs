@@ -1,0 +1,79 @@
+//! What the tensor-parallel tests share: a group of real TCP ranks (one
+//! thread each) that loads a model split, and the comparison with one rank.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::Tensor;
+use huddle_comm::GroupBuilder;
+use huddle_lm::{LoadOptions, Logits, Model};
+
+use crate::common;
+
+/// The chat template's opening plus a short sentence.
+pub const SMOLLM2_TOKENS: [u32; 11] = [1, 9690, 198, 19556, 28, 905, 17, 657, 506, 253, 3953];
+
+pub fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+/// Logits of `tokens` in one pass, then of `tokens[split..]` again after
+/// rewinding the cache to `split` (a chat turn reusing its prefix).
+pub fn run(model: &mut Model, tokens: &[u32]) -> (Tensor, Tensor) {
+    let split = tokens.len() / 2;
+    let all = model.forward(tokens, Logits::All).unwrap();
+    model.truncate_kv(split);
+    let rest = model.forward(&tokens[split..], Logits::All).unwrap();
+    (all, rest)
+}
+
+/// [`run`] on rank 0 of a group of `size` ranks, the others following.
+pub fn tp_logits(path: &Path, size: usize, tokens: &[u32], opts: &LoadOptions) -> (Tensor, Tensor) {
+    let addr = free_addr();
+    let token: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..size)
+            .map(|rank| {
+                let (addr, token) = (addr.clone(), token.clone());
+                s.spawn(move || {
+                    let group = GroupBuilder::new(rank, size, addr, &token)
+                        .peer_timeout(Duration::from_secs(120))
+                        .build()
+                        .unwrap();
+                    let mut model = Model::load_sharded(path, opts, &group).unwrap();
+                    if rank != 0 {
+                        model.follow().unwrap();
+                        return None;
+                    }
+                    Some(run(&mut model, tokens))
+                })
+            })
+            .collect();
+        let mut out = None;
+        for h in handles {
+            if let Some(t) = h.join().unwrap() {
+                out = Some(t);
+            }
+        }
+        out.unwrap()
+    })
+}
+
+pub fn matches_single_rank(path: &Path, sizes: &[usize], tokens: &[u32], tol: f32) {
+    let opts = LoadOptions::default();
+    let (want, want_rest) = run(&mut Model::load(path, &opts).unwrap(), tokens);
+    for &size in sizes {
+        let (got, got_rest) = tp_logits(path, size, tokens, &opts);
+        let what = format!("{} on {size} ranks", path.display());
+        common::assert_close(&what, &got, &want, tol);
+        common::assert_close(
+            &format!("{what}, after a rewind"),
+            &got_rest,
+            &want_rest,
+            tol,
+        );
+    }
+}
