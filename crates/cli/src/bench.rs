@@ -25,10 +25,15 @@ pub enum BenchCommand {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchOp {
+    // The issue and the table spell them with underscores; clap with dashes.
+    #[value(alias = "all_sum")]
     AllSum,
+    #[value(alias = "all_gather")]
     AllGather,
+    #[value(alias = "reduce_scatter")]
     ReduceScatter,
     Broadcast,
+    #[value(alias = "send_recv")]
     SendRecv,
 }
 
@@ -138,8 +143,11 @@ fn comm(args: CommArgs) -> anyhow::Result<i32> {
     }
     let max = sizes.iter().copied().max().unwrap_or(4);
     let n = g.size();
-    let mut a = vec![1f32; max.div_ceil(4).max(1)];
-    let mut b = vec![0f32; max.div_ceil(4).max(1)];
+    // all_gather and reduce_scatter move at least one element per rank,
+    // even for sizes below that.
+    let elems = max.div_ceil(4).max(n);
+    let mut a = vec![1f32; elems];
+    let mut b = vec![0f32; elems];
     let mut rows = Vec::new();
     for &op in &args.ops {
         if op == BenchOp::SendRecv && n < 2 {
@@ -382,6 +390,22 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(64 << 10));
         assert_eq!(parse_size("16M"), Ok(16 << 20));
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn ops_accept_underscores_and_dashes() {
+        for (name, op) in [
+            ("all_sum", BenchOp::AllSum),
+            ("all-sum", BenchOp::AllSum),
+            ("all_gather", BenchOp::AllGather),
+            ("reduce_scatter", BenchOp::ReduceScatter),
+            ("reduce-scatter", BenchOp::ReduceScatter),
+            ("broadcast", BenchOp::Broadcast),
+            ("send_recv", BenchOp::SendRecv),
+            ("send-recv", BenchOp::SendRecv),
+        ] {
+            assert_eq!(BenchOp::from_str(name, false), Ok(op), "{name}");
+        }
     }
 
     #[test]

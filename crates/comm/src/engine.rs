@@ -9,11 +9,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 use crate::bootstrap::Tuning;
 use crate::error::{CommError, Result};
+use crate::progress::{CALLER_READ_MAX, Reader};
+use crate::transport::inbound::Inbound;
 use crate::transport::{OutFrame, Payload, RawConst, RawMut};
 use crate::wire::{FrameKind, Header, Key, OpDesc};
 
@@ -48,6 +50,10 @@ pub(crate) struct State {
     /// nothing queued on it and will not write to it until it clears this
     /// flag (under the lock). Saves waking the I/O thread for small frames.
     pub idle: Vec<bool>,
+    /// Eventfds of callers sleeping in `progress::Reader::step`.
+    pub pollers: Vec<std::os::fd::RawFd>,
+    /// Callers sleeping on the condvar: a notify with none costs a syscall.
+    sleepers: usize,
 }
 
 pub(crate) struct Shared {
@@ -60,6 +66,11 @@ pub(crate) struct Shared {
     pub cond: Condvar,
     pub waker: mio::Waker,
     pub me: usize,
+    /// Each peer's first connection (where small frames travel), for
+    /// callers that read it themselves; set once by the I/O thread.
+    pub inbound: OnceLock<Vec<Option<Arc<Inbound>>>>,
+    /// Keeps the poller open as long as `inbound` may change registrations.
+    pub registry: OnceLock<mio::Registry>,
 }
 
 impl Shared {
@@ -79,12 +90,16 @@ impl Shared {
                 gone: vec![false; world],
                 direct_fd: vec![-1; world],
                 idle: vec![false; world],
+                pollers: Vec::new(),
+                sleepers: 0,
             }),
             cond: Condvar::new(),
             submitted: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             waker,
             me,
+            inbound: OnceLock::new(),
+            registry: OnceLock::new(),
         }
     }
 
@@ -94,7 +109,42 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wake_io(&self) {
+    /// Wakes every caller waiting for a completion or a failure (call with
+    /// the state locked, after changing it).
+    pub fn notify(&self, st: &State) {
+        for &fd in &st.pollers {
+            crate::progress::signal(fd);
+        }
+        self.notify_sleepers(st);
+    }
+
+    /// Wakes the callers sleeping on the condvar, if any.
+    pub fn notify_sleepers(&self, st: &State) {
+        if st.sleepers > 0 {
+            self.cond.notify_all();
+        }
+    }
+
+    /// Sleeps on the condvar until a `notify`.
+    pub fn sleep<'g>(&self, mut st: MutexGuard<'g, State>) -> MutexGuard<'g, State> {
+        // Whatever this caller waits for may come on a connection that
+        // callers let go of: the I/O thread must read it now, not later.
+        self.rearm_idle();
+        st.sleepers += 1;
+        let mut st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        st.sleepers -= 1;
+        st
+    }
+
+    /// Gives the I/O thread back every first connection no caller holds.
+    /// A failure is left to the I/O thread's own attempt, which reports it.
+    pub fn rearm_idle(&self) {
+        for c in self.inbound.get().into_iter().flatten().flatten() {
+            let _ = c.rearm_if_idle(std::time::Duration::ZERO);
+        }
+    }
+
+    pub fn wake_io(&self) {
         // Failing to wake leaves the I/O thread on its next timer tick.
         let _ = self.waker.wake();
     }
@@ -106,7 +156,7 @@ impl Shared {
             st.error = Some(err);
             self.failed.store(true, Ordering::Release);
         }
-        self.cond.notify_all();
+        self.notify(st);
     }
 
     /// Waits until the I/O thread no longer references caller memory, and
@@ -114,7 +164,7 @@ impl Shared {
     fn fail(&self, mut st: MutexGuard<'_, State>) -> CommError {
         self.wake_io();
         while !st.purged {
-            st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.sleep(st);
         }
         st.error.clone().unwrap_or(CommError::Shutdown)
     }
@@ -164,6 +214,9 @@ pub(crate) struct Op<'e> {
     desc: OpDesc,
     srcs: Vec<usize>,
     outstanding: Vec<u64>,
+    /// Posted receives small enough for the caller to read itself.
+    small_recvs: Vec<(u64, usize)>,
+    reader: Reader<'e>,
 }
 
 impl<'e> Op<'e> {
@@ -200,6 +253,8 @@ impl<'e> Op<'e> {
             desc,
             srcs,
             outstanding: Vec::new(),
+            small_recvs: Vec::new(),
+            reader: Reader::new(shared),
         })
     }
 
@@ -258,11 +313,17 @@ impl<'e> Op<'e> {
             },
         );
         self.outstanding.push(ticket);
+        drop(st);
+        if dst.len() <= CALLER_READ_MAX {
+            self.small_recvs.push((ticket, src));
+            self.reader.hold(src);
+        }
         Ok(Ticket(ticket))
     }
 
-    /// Queues `data` for `peer`. Small payloads are copied and done at once;
-    /// large ones are written from `data` directly.
+    /// Queues `data` for `peer`. Small payloads are done at once: written
+    /// to the socket by this thread when the I/O thread has nothing queued
+    /// for the peer, copied otherwise. Large ones are written from `data`.
     ///
     /// # Safety
     /// As for [`Op::recv`]: `data` must stay alive and unmodified until the
@@ -276,16 +337,6 @@ impl<'e> Op<'e> {
         }
         .encode();
         let inline = data.len() <= INLINE_SEND_MAX;
-        let payload = if data.is_empty() {
-            Payload::Empty
-        } else if inline {
-            Payload::Owned(data.to_vec())
-        } else {
-            Payload::Borrowed(RawConst {
-                ptr: data.as_ptr(),
-                len: data.len(),
-            })
-        };
         let mut st = self.shared.lock();
         if st.error.is_some() {
             return Err(self.shared.fail(st));
@@ -300,9 +351,8 @@ impl<'e> Op<'e> {
         };
         let mut written = None;
         if inline && st.idle[peer] && !st.outbox.iter().any(|f| f.peer == peer) {
-            let n =
-                crate::transport::tcp::write_direct(st.direct_fd[peer], &header, payload.bytes());
-            if n == header.len() + payload.len() {
+            let n = crate::transport::tcp::write_direct(st.direct_fd[peer], &header, data);
+            if n == header.len() + data.len() {
                 return Ok(Ticket(0));
             }
             if n > 0 {
@@ -310,6 +360,17 @@ impl<'e> Op<'e> {
                 written = Some(n);
             }
         }
+        // Copied only when the socket did not take it all at once.
+        let payload = if data.is_empty() {
+            Payload::Empty
+        } else if inline {
+            Payload::Owned(data.to_vec())
+        } else {
+            Payload::Borrowed(RawConst {
+                ptr: data.as_ptr(),
+                len: data.len(),
+            })
+        };
         let was_empty = st.outbox.is_empty();
         st.outbox.push(OutFrame {
             peer,
@@ -326,10 +387,21 @@ impl<'e> Op<'e> {
         Ok(Ticket(ticket.unwrap_or(0)))
     }
 
-    /// Blocks until `t` completes or the engine fails.
+    /// Blocks until `t` completes or the engine fails. Waiting for a small
+    /// receive, the caller reads the sockets itself (`progress`).
     pub fn wait(&mut self, t: Ticket) -> Result<()> {
         if t.0 == 0 {
             return Ok(());
+        }
+        let read_myself = self
+            .small_recvs
+            .iter()
+            .any(|&(x, src)| x == t.0 && self.reader.holds(src));
+        if !read_myself {
+            // Nobody would read the held connections while this thread
+            // sleeps on the condvar (two ranks doing so, each waiting for
+            // its large send to drain, would wait for each other forever).
+            self.reader.release();
         }
         let mut st = self.shared.lock();
         loop {
@@ -337,12 +409,17 @@ impl<'e> Op<'e> {
                 if let Some(i) = self.outstanding.iter().rposition(|x| *x == t.0) {
                     self.outstanding.swap_remove(i);
                 }
+                self.small_recvs.retain(|(x, _)| *x != t.0);
                 return Ok(());
             }
             if st.error.is_some() {
                 return Err(self.shared.fail(st));
             }
-            st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = if read_myself {
+                self.reader.step(st, t.0)
+            } else {
+                self.shared.sleep(st)
+            };
         }
     }
 
@@ -358,7 +435,11 @@ impl<'e> Op<'e> {
 
 impl Drop for Op<'_> {
     fn drop(&mut self) {
+        self.reader.release();
         let mut st = self.shared.lock();
+        if st.sleepers > 0 {
+            self.shared.rearm_idle();
+        }
         for &src in &self.srcs {
             st.expect.remove(&(src, self.group, self.seq));
         }
@@ -372,7 +453,7 @@ impl Drop for Op<'_> {
                 let _ = self.shared.fail(st);
                 return;
             }
-            st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.shared.sleep(st);
         }
     }
 }

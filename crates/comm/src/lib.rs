@@ -17,6 +17,9 @@
 //! - `io_thread` + `transport`: one poll-driven thread per process moves
 //!   framed bytes over TCP (several striped connections per peer),
 //!   heartbeats every peer and reports a silent or vanished one by rank.
+//! - `progress`: a caller blocked on a small receive reads its peers'
+//!   sockets itself (one wake-up per message instead of two); small sends
+//!   are written by the caller too, when the I/O thread has nothing queued.
 //! - `bootstrap` + `auth`: joining through rank 0, token handshake on every
 //!   connection.
 //!
@@ -36,6 +39,7 @@ mod error;
 mod group;
 mod io_thread;
 mod pending;
+mod progress;
 mod transport;
 mod wire;
 

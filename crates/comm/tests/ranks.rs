@@ -22,7 +22,8 @@ fn rank_worker() {
         "split" => split(&g),
         "async" => nonblocking(&g),
         "mismatch" => mismatch(&g),
-        "loop" => forever(&g),
+        "loop" => forever(&g, 50_000),
+        "loop_small" => forever(&g, 4),
         "join" => Ok(()),
         "smoke" => smoke(&g),
         "leave" => {
@@ -358,8 +359,8 @@ fn mismatch(g: &Group) -> Result<(), CommError> {
     g.all_sum(&mut v)
 }
 
-fn forever(g: &Group) -> Result<(), CommError> {
-    let mut v = vec![1f32; 50_000];
+fn forever(g: &Group, len: usize) -> Result<(), CommError> {
+    let mut v = vec![1f32; len];
     let mut first = true;
     loop {
         g.all_sum(&mut v)?;
@@ -462,9 +463,12 @@ fn mismatched_lengths_are_an_error_naming_both_ranks() {
     );
 }
 
-fn kill_rank_2(signal: libc::c_int, timeout: &str) {
-    let ranks = launch("loop", 3, |_| {
-        env(&[("HUDDLE_PEER_TIMEOUT", timeout), ("HUDDLE_ALGO", "ring")])
+/// `scenario` "loop" runs large ring all_sums (the I/O thread reads);
+/// "loop_small" tiny mesh ones (the waiting callers read the sockets).
+fn kill_rank_2(scenario: &str, signal: libc::c_int, timeout: &str) {
+    let algo = if scenario == "loop" { "ring" } else { "mesh" };
+    let ranks = launch(scenario, 3, |_| {
+        env(&[("HUDDLE_PEER_TIMEOUT", timeout), ("HUDDLE_ALGO", algo)])
     });
     wait_for(&ranks, "READY", Duration::from_secs(60));
     // SAFETY: signalling a child process this test started.
@@ -493,12 +497,22 @@ fn kill_rank_2(signal: libc::c_int, timeout: &str) {
 
 #[test]
 fn a_killed_rank_is_reported_by_every_other_rank() {
-    kill_rank_2(libc::SIGKILL, "30");
+    kill_rank_2("loop", libc::SIGKILL, "30");
+}
+
+#[test]
+fn a_killed_rank_is_reported_by_ranks_waiting_on_tiny_messages() {
+    kill_rank_2("loop_small", libc::SIGKILL, "30");
+}
+
+#[test]
+fn a_stopped_rank_is_reported_by_ranks_waiting_on_tiny_messages() {
+    kill_rank_2("loop_small", libc::SIGSTOP, "2");
 }
 
 #[test]
 fn a_stopped_rank_is_reported_after_the_peer_timeout() {
-    kill_rank_2(libc::SIGSTOP, "2");
+    kill_rank_2("loop", libc::SIGSTOP, "2");
 }
 
 #[test]

@@ -18,14 +18,19 @@ use crate::engine::{Shared, encode_abort};
 
 mod sink;
 use crate::error::CommError;
+use crate::transport::inbound::{Inbound, ReadPass};
 use crate::transport::tcp::TcpConn;
 use crate::transport::{OutFrame, Payload};
 use crate::wire::{FrameKind, Header};
-use sink::Sink;
+pub(crate) use sink::Sink;
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// How long a departing rank waits for its peers to finish reading.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long a connection stays with callers after the last one let go
+/// (see `Inbound::rearm_if_idle`): longer than the gap between the calls
+/// of a busy loop, short enough that nothing waits long for this thread.
+const LINGER: Duration = Duration::from_millis(5);
 
 struct Peer {
     conns: Vec<usize>,
@@ -76,18 +81,26 @@ impl IoThread {
             .collect();
         let mut conns = Vec::new();
         let mut direct_fd = vec![-1; world];
+        let mut first: Vec<Option<Arc<Inbound>>> = vec![None; world];
+        // The engine keeps the poller open for callers' registration changes.
+        let registry = poll.registry().try_clone()?;
+        let epoll = std::os::fd::AsRawFd::as_raw_fd(&registry);
         for (peer, s) in streams {
+            crate::transport::tcp::tune_stream(&s)?;
+            let i = conns.len();
+            let inbound = Arc::new(Inbound::new(&s, peer, i, epoll)?);
             if direct_fd[peer] < 0 {
                 direct_fd[peer] = std::os::fd::AsRawFd::as_raw_fd(&s);
+                first[peer] = Some(inbound.clone());
             }
-            crate::transport::tcp::tune_stream(&s)?;
             let mut stream = mio::net::TcpStream::from_std(s);
-            let i = conns.len();
             poll.registry()
                 .register(&mut stream, Token(i), Interest::READABLE)?;
             peers[peer].conns.push(i);
-            conns.push(TcpConn::new(stream, peer));
+            conns.push(TcpConn::new(stream, peer, inbound));
         }
+        let _ = shared.registry.set(registry);
+        let _ = shared.inbound.set(first);
         shared.lock().direct_fd = direct_fd;
         Ok(IoThread {
             poll,
@@ -112,10 +125,13 @@ impl IoThread {
         let mut events = Events::with_capacity(1024);
         let mut outbox = Vec::new();
         let mut next_beat = Instant::now();
-        let (mut purged, mut closing) = (false, false);
+        let (mut purged, mut closing, mut lingering) = (false, false, false);
         loop {
             let now = Instant::now();
             let mut wait = next_beat.saturating_duration_since(now);
+            if lingering {
+                wait = wait.min(LINGER);
+            }
             if !matches!(self.closing, Closing::Open) {
                 wait = wait.min(Duration::from_millis(20));
             }
@@ -157,6 +173,21 @@ impl IoThread {
                     self.read(t.0, ev.is_read_closed() || ev.is_error());
                 }
             }
+            lingering = false;
+            for i in 0..self.conns.len() {
+                if self.conns[i].closed {
+                    continue;
+                }
+                // A caller reading this connection saw its end.
+                if self.conns[i].inbound.ended.load(Ordering::Acquire) {
+                    self.read(i, false);
+                    continue;
+                }
+                match self.conns[i].inbound.rearm_if_idle(LINGER) {
+                    Ok(l) => lingering |= l,
+                    Err(e) => self.close(i, Some(e)),
+                }
+            }
             self.flush();
             self.complete(shutdown);
             let now = Instant::now();
@@ -173,11 +204,14 @@ impl IoThread {
                 break;
             }
         }
+        for c in &self.conns {
+            c.inbound.mark_closed();
+        }
         let mut st = self.shared.lock();
         st.idle.iter_mut().for_each(|i| *i = false);
         st.purged = true;
         st.posted.clear();
-        self.shared.cond.notify_all();
+        self.shared.notify(&st);
     }
 
     fn fail(&self, err: CommError) {
@@ -222,8 +256,14 @@ impl IoThread {
         if open.is_empty() {
             return;
         }
-        peer.next = peer.next.wrapping_add(1);
-        let c = open[peer.next % open.len()];
+        // Small frames go where the receiving caller reads (the first
+        // connection); large ones stripe.
+        let c = if matches!(f.payload, Payload::Borrowed(_)) {
+            peer.next = peer.next.wrapping_add(1);
+            open[peer.next % open.len()]
+        } else {
+            open[0]
+        };
         self.conns[c].wqueue.push_back(f);
     }
 
@@ -257,16 +297,27 @@ impl IoThread {
         if self.conns[i].closed {
             return;
         }
-        let mut sink = Sink {
-            shared: &self.shared,
-            bye: false,
-            done: &mut self.done,
+        let inbound = self.conns[i].inbound.clone();
+        let peer = inbound.peer;
+        let r = {
+            let mut rs = inbound.lock();
+            match rs.ended.take() {
+                // A caller reading this connection saw its end.
+                Some(None) => Ok(ReadPass {
+                    got_bytes: false,
+                    eof: true,
+                }),
+                Some(Some(e)) => Err(e),
+                None => {
+                    let mut sink = Sink::new(&self.shared, &mut self.done);
+                    let r = rs.read_ready(inbound.fd(), peer, &mut sink, to_the_end);
+                    if sink.bye {
+                        rs.bye_seen = true;
+                    }
+                    r
+                }
+            }
         };
-        let r = self.conns[i].read_ready(&mut sink, to_the_end);
-        if sink.bye {
-            self.conns[i].bye_seen = true;
-        }
-        let peer = self.conns[i].peer;
         match r {
             Ok(pass) => {
                 if pass.got_bytes {
@@ -291,21 +342,8 @@ impl IoThread {
                 continue;
             }
             // Watch for writability only while a write is stuck.
-            let want = c.blocked;
-            if want != c.watching_writes {
-                let interest = if want {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                match self
-                    .poll
-                    .registry()
-                    .reregister(&mut c.stream, Token(i), interest)
-                {
-                    Ok(()) => c.watching_writes = want,
-                    Err(e) => self.close(i, Some(e)),
-                }
+            if let Err(e) = c.inbound.watch_writes(c.blocked) {
+                self.close(i, Some(e));
             }
         }
     }
@@ -338,8 +376,7 @@ impl IoThread {
         }
         if !self.done.is_empty() {
             st.completed.extend(self.done.drain(..));
-            drop(st);
-            self.shared.cond.notify_all();
+            self.shared.notify(&st);
         }
     }
 
@@ -360,9 +397,11 @@ impl IoThread {
         let c = &mut self.conns[i];
         c.closed = true;
         c.wqueue.clear();
+        // Callers stop changing the registration before it goes.
+        c.inbound.mark_closed();
         let _ = self.poll.registry().deregister(&mut c.stream);
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
-        let (p, clean) = (c.peer, c.bye_seen);
+        let (p, clean) = (c.peer, c.inbound.lock().bye_seen);
         if self.peers[p].lost || self.peers[p].gone {
             return;
         }
@@ -406,6 +445,11 @@ impl IoThread {
             return;
         }
         self.control(FrameKind::Heartbeat, Payload::Empty);
+        for c in &self.conns {
+            if c.inbound.got_bytes.swap(false, Ordering::Relaxed) {
+                self.peers[c.peer].last_recv = now;
+            }
+        }
         for p in 0..self.peers.len() {
             let peer = &self.peers[p];
             if peer.lost || peer.gone || peer.conns.is_empty() {
@@ -436,7 +480,7 @@ impl IoThread {
             let mut st = self.shared.lock();
             st.posted.clear();
             st.purged = true;
-            self.shared.cond.notify_all();
+            self.shared.notify(&st);
             st.error.clone()
         };
         if let Some(payload) = err.and_then(|e| encode_abort(&e, self.shared.me)) {

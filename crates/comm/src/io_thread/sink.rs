@@ -8,12 +8,24 @@ use crate::transport::{Dest, FrameSink, RawMut};
 use crate::wire::{FrameKind, Header};
 
 /// Matches incoming frames against posted receives.
-pub(super) struct Sink<'a> {
-    pub shared: &'a Shared,
+pub(crate) struct Sink<'a> {
+    shared: &'a Shared,
+    /// A Bye frame went by.
     pub bye: bool,
-    /// Completed receives, published once per poll round (`complete`), so
-    /// a caller waiting on several peers wakes once per round, not per frame.
-    pub done: &'a mut Vec<u64>,
+    /// Completed receives, published together by the reader (once per poll
+    /// round on the I/O thread), so a caller waiting on several peers wakes
+    /// once per round, not per frame.
+    done: &'a mut Vec<u64>,
+}
+
+impl<'a> Sink<'a> {
+    pub fn new(shared: &'a Shared, done: &'a mut Vec<u64>) -> Sink<'a> {
+        Sink {
+            shared,
+            bye: false,
+            done,
+        }
+    }
 }
 
 impl Sink<'_> {

@@ -5,6 +5,7 @@
 //! Only TCP exists today; a shared-memory transport would implement the
 //! same contract and plug into the I/O thread, with no algorithm changes.
 
+pub(crate) mod inbound;
 pub(crate) mod tcp;
 
 use crate::wire::Header;

@@ -1,21 +1,21 @@
-//! TCP: socket tuning, and the framing state of one non-blocking
-//! connection (a read side that parses frames into a [`FrameSink`], a write
-//! side that gathers queued frames into `writev` calls).
+//! TCP: socket tuning, and one non-blocking connection: its write side
+//! gathers queued frames into `writev` calls; its read side
+//! ([`Inbound`]) parses frames into a `FrameSink`.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use super::{Dest, FrameSink, OutFrame, Payload};
-use crate::wire::{HEADER_LEN, Header};
+use std::sync::Arc;
+
+use super::inbound::Inbound;
+use super::{OutFrame, Payload};
+use crate::wire::HEADER_LEN;
 
 /// Kernel socket buffers: large enough for a pipelined ring on fast links.
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
-/// Payloads at least this large are read straight into their destination.
-const DIRECT_READ_MIN: usize = 16 * 1024;
-const READ_BUFFER: usize = 256 * 1024;
 const MAX_IOVECS: usize = 64;
 
 fn set_buffers(fd: libc::c_int) {
@@ -60,159 +60,30 @@ pub(crate) fn wait_readable(l: &TcpListener, timeout: Duration) -> bool {
     r > 0
 }
 
-struct Incoming {
-    header: Header,
-    dest: Dest,
-    got: usize,
-}
-
 /// One framed, non-blocking connection to a peer.
 pub(crate) struct TcpConn {
     pub stream: mio::net::TcpStream,
     pub peer: usize,
-    rbuf: Box<[u8]>,
-    rpos: usize,
-    rend: usize,
-    incoming: Option<Incoming>,
+    /// The receiving half, shared with callers that read it themselves.
+    pub inbound: Arc<Inbound>,
     pub wqueue: VecDeque<OutFrame>,
     /// Bytes of the front frame (header included) already written.
     whead: usize,
-    /// A Bye frame arrived: the EOF that follows is a clean close.
-    pub bye_seen: bool,
     pub closed: bool,
     /// The last write hit a full socket: wait for a writable event.
     pub blocked: bool,
-    /// Registered for writable events too. Only while blocked: otherwise
-    /// every ACK would wake the I/O thread for nothing.
-    pub watching_writes: bool,
-}
-
-/// What one read pass saw.
-pub(crate) struct ReadPass {
-    pub got_bytes: bool,
-    pub eof: bool,
 }
 
 impl TcpConn {
-    pub fn new(stream: mio::net::TcpStream, peer: usize) -> Self {
+    pub fn new(stream: mio::net::TcpStream, peer: usize, inbound: Arc<Inbound>) -> Self {
         TcpConn {
             stream,
             peer,
-            rbuf: vec![0u8; READ_BUFFER].into_boxed_slice(),
-            rpos: 0,
-            rend: 0,
-            incoming: None,
+            inbound,
             wqueue: VecDeque::new(),
             whead: 0,
-            bye_seen: false,
             closed: false,
             blocked: false,
-            watching_writes: false,
-        }
-    }
-
-    /// Reads what the socket holds, feeding complete frames to `sink`. A
-    /// short read ends the pass early (edge-triggered polling reports any
-    /// newer data) unless `to_the_end`: after the peer's FIN, only reading
-    /// until end of stream shows it.
-    pub fn read_ready(
-        &mut self,
-        sink: &mut impl FrameSink,
-        to_the_end: bool,
-    ) -> io::Result<ReadPass> {
-        let mut pass = ReadPass {
-            got_bytes: false,
-            eof: false,
-        };
-        let mut drained = false;
-        loop {
-            if let Some(inc) = &mut self.incoming {
-                let len = inc.header.len as usize;
-                let need = len - inc.got;
-                if need == 0 {
-                    let Some(inc) = self.incoming.take() else {
-                        unreachable!()
-                    };
-                    sink.on_payload(self.peer, inc.header, inc.dest);
-                    continue;
-                }
-                let avail = self.rend - self.rpos;
-                if avail > 0 {
-                    let n = avail.min(need);
-                    if let Some(dst) = dest_slice(&mut inc.dest, inc.got, n) {
-                        dst.copy_from_slice(&self.rbuf[self.rpos..self.rpos + n]);
-                    }
-                    inc.got += n;
-                    self.rpos += n;
-                    continue;
-                }
-                if need >= DIRECT_READ_MIN
-                    && let Some(dst) = dest_slice(&mut inc.dest, inc.got, need)
-                {
-                    match self.stream.read(dst) {
-                        Ok(0) => {
-                            pass.eof = true;
-                            return Ok(pass);
-                        }
-                        Ok(n) => {
-                            pass.got_bytes = true;
-                            inc.got += n;
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(pass),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-            } else if self.rend - self.rpos >= HEADER_LEN {
-                let mut raw = [0u8; HEADER_LEN];
-                raw.copy_from_slice(&self.rbuf[self.rpos..self.rpos + HEADER_LEN]);
-                self.rpos += HEADER_LEN;
-                let header = Header::decode(&raw).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidData, "corrupt frame header")
-                })?;
-                let len = header.len as usize;
-                if len <= self.rend - self.rpos {
-                    sink.on_frame(self.peer, &header, &self.rbuf[self.rpos..self.rpos + len]);
-                    self.rpos += len;
-                    continue;
-                }
-                let dest = sink.on_header(self.peer, &header);
-                self.incoming = Some(Incoming {
-                    header,
-                    dest,
-                    got: 0,
-                });
-                continue;
-            }
-            if self.rpos == self.rend {
-                self.rpos = 0;
-                self.rend = 0;
-            } else if self.rpos > 0 && self.rend == self.rbuf.len() {
-                self.rbuf.copy_within(self.rpos..self.rend, 0);
-                self.rend -= self.rpos;
-                self.rpos = 0;
-            }
-            if drained && !to_the_end {
-                // The last read came up short: the socket was empty then,
-                // and edge-triggered polling reports anything newer.
-                return Ok(pass);
-            }
-            let space = self.rbuf.len() - self.rend;
-            match self.stream.read(&mut self.rbuf[self.rend..]) {
-                Ok(0) => {
-                    pass.eof = true;
-                    return Ok(pass);
-                }
-                Ok(n) => {
-                    pass.got_bytes = true;
-                    drained = n < space;
-                    self.rend += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(pass),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
         }
     }
 
@@ -291,11 +162,7 @@ impl TcpConn {
     /// receive in progress is read into the void, and borrowed payloads are
     /// copied (the one partly written, to keep the stream framed) or dropped.
     pub fn purge(&mut self) {
-        if let Some(inc) = &mut self.incoming
-            && matches!(inc.dest, Dest::Posted { .. })
-        {
-            inc.dest = Dest::Discard;
-        }
+        self.inbound.lock().purge();
         let whead = self.whead;
         let mut kept = VecDeque::new();
         for (i, mut f) in self.wqueue.drain(..).enumerate() {
@@ -335,16 +202,4 @@ pub(crate) fn write_direct(fd: std::os::fd::RawFd, header: &[u8], payload: &[u8]
     // SAFETY: fd is a connected, non-blocking socket the I/O thread keeps open.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     n.max(0) as usize
-}
-
-fn dest_slice(dest: &mut Dest, at: usize, n: usize) -> Option<&mut [u8]> {
-    match dest {
-        // SAFETY: the posted memory is `mem.len` bytes and stays alive until
-        // this receive completes or is purged (engine::Op guarantees it).
-        Dest::Posted { mem, .. } => {
-            Some(unsafe { std::slice::from_raw_parts_mut(mem.ptr.add(at), n) })
-        }
-        Dest::Owned(v) => Some(&mut v[at..at + n]),
-        Dest::Discard => None,
-    }
 }
