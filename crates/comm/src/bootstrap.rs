@@ -3,6 +3,11 @@
 //! hands out the address table and the tuning, and then every pair of ranks
 //! connects directly (the higher rank dials the lower one).
 //!
+//! A rank with several addresses (`Config::addresses`, from the hostfile's
+//! `ips`) advertises all of them, and every peer opens its set of
+//! connections to each one, so traffic stripes over every link between two
+//! hosts.
+//!
 //! Every connection, to the coordinator or between peers, first passes the
 //! token handshake of `auth`. Everything here is blocking and bounded by the
 //! join timeout; the connections are handed to the engine afterwards.
@@ -52,12 +57,12 @@ pub(crate) fn establish(cfg: &Config) -> Result<Mesh> {
         limit: cfg.join_timeout,
     };
     let coord = resolve(&cfg.coordinator, cfg.rank)?;
-    let (listener, table, tuning) = if cfg.rank == 0 {
+    let (listeners, table, tuning) = if cfg.rank == 0 {
         coordinate(cfg, &coord, &clock)?
     } else {
         register(cfg, &coord, &clock)?
     };
-    let conns = connect_peers(cfg, &listener, &table, tuning.conns_per_peer, &clock)?;
+    let conns = connect_peers(cfg, &listeners, &table, tuning.conns_per_peer, &clock)?;
     Ok(Mesh { conns, tuning })
 }
 
@@ -101,12 +106,57 @@ fn set_deadline(s: &TcpStream, clock: &Clock) {
     let _ = s.set_write_timeout(Some(t));
 }
 
+/// A peer listener on `ip`, port chosen by the kernel. Non-blocking, so one
+/// poll can wait on several.
+fn listen(rank: usize, ip: IpAddr) -> Result<TcpListener> {
+    let l = TcpListener::bind((ip, 0)).map_err(io_err(rank, format!("listening on {ip}")))?;
+    tcp::tune_listener(&l);
+    l.set_nonblocking(true)
+        .map_err(io_err(rank, format!("listening on {ip}")))?;
+    Ok(l)
+}
+
+fn unspecified(v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    }
+}
+
+/// For `Config::addresses`: one listener on the wildcard address of each
+/// family in the list, and the list with each address given the port of
+/// its family's listener.
+fn listen_on_all(rank: usize, addresses: &[IpAddr]) -> Result<(Vec<TcpListener>, Vec<SocketAddr>)> {
+    let mut listeners = Vec::new();
+    let mut ports: [Option<u16>; 2] = [None, None];
+    let mut advertised = Vec::with_capacity(addresses.len());
+    for ip in addresses {
+        let family = usize::from(ip.is_ipv6());
+        let port = match ports[family] {
+            Some(p) => p,
+            None => {
+                let l = listen(rank, unspecified(ip.is_ipv4()))?;
+                let p = l
+                    .local_addr()
+                    .map_err(io_err(rank, "peer listener".into()))?
+                    .port();
+                listeners.push(l);
+                ports[family] = Some(p);
+                p
+            }
+        };
+        advertised.push(SocketAddr::new(*ip, port));
+    }
+    Ok((listeners, advertised))
+}
+
 /// Rank 0: accept one registration per rank, check them, send the table.
 fn coordinate(
     cfg: &Config,
     coord: &[SocketAddr],
     clock: &Clock,
-) -> Result<(TcpListener, Vec<Vec<SocketAddr>>, Tuning)> {
+) -> Result<(Vec<TcpListener>, Vec<Vec<SocketAddr>>, Tuning)> {
     let me = cfg.rank;
     let server = coord
         .iter()
@@ -117,22 +167,26 @@ fn coordinate(
                 cfg.coordinator
             ))
         })?;
-    let ip = server
-        .local_addr()
-        .map_err(io_err(me, "coordinator address".into()))?
-        .ip();
-    let peers = TcpListener::bind((ip, 0)).map_err(io_err(me, format!("listening on {ip}")))?;
-    tcp::tune_listener(&peers);
-    let mut table: Vec<Option<Vec<SocketAddr>>> = vec![None; cfg.world_size];
-    table[0] = Some(vec![
-        peers
+    server
+        .set_nonblocking(true)
+        .map_err(io_err(me, "coordinator listener".into()))?;
+    let (peers, mine) = if cfg.addresses.is_empty() {
+        let ip = server
             .local_addr()
-            .map_err(io_err(me, "peer listener".into()))?,
-    ]);
+            .map_err(io_err(me, "coordinator address".into()))?
+            .ip();
+        let l = listen(me, ip)?;
+        let addr = l.local_addr().map_err(io_err(me, "peer listener".into()))?;
+        (vec![l], vec![addr])
+    } else {
+        listen_on_all(me, &cfg.addresses)?
+    };
+    let mut table: Vec<Option<Vec<SocketAddr>>> = vec![None; cfg.world_size];
+    table[0] = Some(mine);
     let mut streams = Vec::new();
     let mut refused = 0usize;
     while table.iter().any(Option::is_none) {
-        let (mut s, from) = match accept_until(&server, clock) {
+        let (mut s, from) = match accept_until(std::slice::from_ref(&server), clock) {
             Some(r) => r,
             None => {
                 let missing: Vec<String> = (0..cfg.world_size)
@@ -182,6 +236,8 @@ fn coordinate(
                 "rank {} is out of range for world size {}",
                 reg.rank, cfg.world_size
             ))
+        } else if reg.addrs.is_empty() {
+            Some(format!("rank {} registered no address", reg.rank))
         } else if table[reg.rank].is_some() {
             Some(format!(
                 "rank {} joined twice (the second from {from})",
@@ -213,15 +269,19 @@ fn coordinate(
     Ok((peers, table, tuning))
 }
 
-fn accept_until(l: &TcpListener, clock: &Clock) -> Option<(TcpStream, SocketAddr)> {
+/// The next connection on any of `ls` (non-blocking listeners), or `None`
+/// once the clock runs out.
+fn accept_until(ls: &[TcpListener], clock: &Clock) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let left = clock.left()?;
-        if !tcp::wait_readable(l, left) {
+        if !tcp::wait_readable(ls, left) {
             continue;
         }
-        if let Ok(r) = l.accept() {
-            let _ = r.0.set_nonblocking(false);
-            return Some(r);
+        for l in ls {
+            if let Ok(r) = l.accept() {
+                let _ = r.0.set_nonblocking(false);
+                return Some(r);
+            }
         }
     }
 }
@@ -305,20 +365,16 @@ fn register(
     cfg: &Config,
     coord: &[SocketAddr],
     clock: &Clock,
-) -> Result<(TcpListener, Vec<Vec<SocketAddr>>, Tuning)> {
+) -> Result<(Vec<TcpListener>, Vec<Vec<SocketAddr>>, Tuning)> {
     let me = cfg.rank;
-    let unspecified = if coord[0].is_ipv4() {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    // Without configured addresses the rank advertises the one its
+    // connection to the coordinator leaves from, known only once connected.
+    let (listeners, configured) = if cfg.addresses.is_empty() {
+        (vec![listen(me, unspecified(coord[0].is_ipv4()))?], None)
     } else {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        let (l, advertised) = listen_on_all(me, &cfg.addresses)?;
+        (l, Some(advertised))
     };
-    let listener = TcpListener::bind((unspecified, 0))
-        .map_err(io_err(me, "binding the peer listener".into()))?;
-    tcp::tune_listener(&listener);
-    let port = listener
-        .local_addr()
-        .map_err(io_err(me, "peer listener".into()))?
-        .port();
     let mut backoff = Duration::from_millis(20);
     let mut last_error = String::from("no attempt");
     let mut s = loop {
@@ -348,16 +404,28 @@ fn register(
     set_deadline(&s, clock);
     let coord_name = format!("the coordinator (rank 0) at {}", cfg.coordinator);
     auth::connect(&mut s, &cfg.token).map_err(|f| auth_err(me, coord_name.clone(), f))?;
-    let ip = s
-        .local_addr()
-        .map_err(io_err(me, "local address".into()))?
-        .ip();
+    let advertised = match configured {
+        Some(a) => a,
+        None => {
+            let ip = s
+                .local_addr()
+                .map_err(io_err(me, "local address".into()))?
+                .ip();
+            let port = listeners[0]
+                .local_addr()
+                .map_err(io_err(me, "peer listener".into()))?
+                .port();
+            vec![SocketAddr::new(ip, port)]
+        }
+    };
     let mut e = Encoder::default();
     e.u32(me as u32)
         .u32(cfg.world_size as u32)
         .str(VERSION)
-        .u8(1)
-        .str(&SocketAddr::new(ip, port).to_string());
+        .u8(advertised.len() as u8);
+    for a in &advertised {
+        e.str(&a.to_string());
+    }
     write_msg(&mut s, &e.0).map_err(io_err(me, format!("registering with {coord_name}")))?;
     let body = read_msg(&mut s).map_err(|e| {
         if matches!(
@@ -387,14 +455,14 @@ fn register(
             cfg.world_size
         )));
     }
-    Ok((listener, table, tuning))
+    Ok((listeners, table, tuning))
 }
 
 /// Dial every lower rank on each of its addresses, then accept every higher
 /// rank. Rank 0 only accepts, so by induction nobody waits in a cycle.
 fn connect_peers(
     cfg: &Config,
-    listener: &TcpListener,
+    listeners: &[TcpListener],
     table: &[Vec<SocketAddr>],
     conns_per_peer: usize,
     clock: &Clock,
@@ -428,7 +496,7 @@ fn connect_peers(
     let mut from_higher = vec![0usize; cfg.world_size];
     let mut expected = (cfg.world_size - 1 - me) * per_higher;
     while expected > 0 {
-        let Some((mut s, from)) = accept_until(listener, clock) else {
+        let Some((mut s, from)) = accept_until(listeners, clock) else {
             let missing: Vec<String> = (me + 1..cfg.world_size)
                 .filter(|r| from_higher[*r] < per_higher)
                 .map(|r| r.to_string())

@@ -2,6 +2,7 @@
 //! job's secret, and tuning knobs. Filled from the environment (`env`) or
 //! by [`GroupBuilder`].
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::{CommError, Result};
@@ -71,6 +72,10 @@ pub struct Config {
     pub conns_per_peer: usize,
     /// Used by rank 0 only: ring pipeline unit.
     pub piece_bytes: usize,
+    /// Addresses this rank advertises to its peers, each getting its own
+    /// set of `conns_per_peer` connections. Empty: the one address that
+    /// reaches the coordinator.
+    pub addresses: Vec<IpAddr>,
 }
 
 impl std::fmt::Debug for Config {
@@ -83,6 +88,7 @@ impl std::fmt::Debug for Config {
             .field("algo", &self.algo)
             .field("peer_timeout", &self.peer_timeout)
             .field("conns_per_peer", &self.conns_per_peer)
+            .field("addresses", &self.addresses)
             .finish_non_exhaustive()
     }
 }
@@ -116,9 +122,30 @@ impl Config {
                 self.piece_bytes
             )));
         }
+        if self.addresses.len() > MAX_ADDRESSES {
+            return Err(CommError::Config(format!(
+                "rank {} advertises {} addresses, more than {MAX_ADDRESSES}",
+                self.rank,
+                self.addresses.len()
+            )));
+        }
+        if let Some(a) = self
+            .addresses
+            .iter()
+            .find(|a| a.is_unspecified() || a.is_multicast())
+        {
+            return Err(CommError::Config(format!(
+                "rank {} cannot advertise {a}: peers cannot connect to it",
+                self.rank
+            )));
+        }
         Ok(())
     }
 }
+
+/// Most addresses one rank may advertise (the table stores a count byte,
+/// and each address multiplies the connections of every peer).
+pub(crate) const MAX_ADDRESSES: usize = 16;
 
 /// Decodes the job token from hex.
 pub fn parse_token_hex(s: &str) -> Option<Vec<u8>> {
@@ -164,6 +191,7 @@ impl GroupBuilder {
                 join_timeout: Duration::from_secs(60),
                 conns_per_peer: 2,
                 piece_bytes: DEFAULT_PIECE_BYTES,
+                addresses: Vec::new(),
             },
         }
     }
@@ -204,6 +232,19 @@ impl GroupBuilder {
         self
     }
 
+    /// The addresses this rank advertises (see [`Config::addresses`]);
+    /// duplicates are dropped, keeping the first.
+    pub fn addresses(mut self, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut kept: Vec<IpAddr> = Vec::new();
+        for a in addrs {
+            if !kept.contains(&a) {
+                kept.push(a);
+            }
+        }
+        self.config.addresses = kept;
+        self
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -232,5 +273,25 @@ mod tests {
         assert!(b.config().validate().is_err());
         let b = GroupBuilder::new(2, 3, "127.0.0.1:1", b"t");
         assert!(b.config().validate().is_ok());
+    }
+
+    #[test]
+    fn addresses_drop_duplicates_and_reject_unreachable_ones() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let b = GroupBuilder::new(0, 2, "127.0.0.1:1", b"t").addresses([
+            ip("127.0.0.1"),
+            ip("::1"),
+            ip("127.0.0.1"),
+        ]);
+        assert_eq!(b.config().addresses, [ip("127.0.0.1"), ip("::1")]);
+        assert!(b.config().validate().is_ok());
+        for bad in ["0.0.0.0", "::", "224.0.0.1"] {
+            let b = GroupBuilder::new(0, 2, "127.0.0.1:1", b"t").addresses([ip(bad)]);
+            let err = b.config().validate().unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+        let many = (1..=17u8).map(|i| IpAddr::from([127, 0, 0, i]));
+        let b = GroupBuilder::new(0, 2, "127.0.0.1:1", b"t").addresses(many);
+        assert!(b.config().validate().is_err());
     }
 }

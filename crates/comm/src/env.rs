@@ -2,8 +2,9 @@
 //! HUDDLE_RANK, HUDDLE_WORLD_SIZE, HUDDLE_LOCAL_RANK, HUDDLE_LOCAL_SIZE,
 //! HUDDLE_COORDINATOR, HUDDLE_JOB_TOKEN, plus optional tuning
 //! (HUDDLE_ALGO, HUDDLE_PEER_TIMEOUT, HUDDLE_JOIN_TIMEOUT,
-//! HUDDLE_CONNS_PER_PEER, HUDDLE_PIECE_BYTES).
+//! HUDDLE_CONNS_PER_PEER, HUDDLE_PIECE_BYTES, HUDDLE_ADDRS).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::config::{Algo, Config, GroupBuilder, parse_token_hex};
@@ -99,15 +100,39 @@ pub fn config_from(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config
     if get("HUDDLE_PIECE_BYTES").is_some() {
         b = b.piece_bytes(num("HUDDLE_PIECE_BYTES")?);
     }
+    if let Some(list) = get("HUDDLE_ADDRS") {
+        b = b.addresses(parse_addresses(&list)?);
+    }
     let config = b.config().clone();
     config.validate().map_err(|e| match e {
         CommError::Config(reason) => CommError::Env {
-            var: "HUDDLE_RANK/HUDDLE_WORLD_SIZE/HUDDLE_CONNS_PER_PEER",
+            var: "HUDDLE_RANK/HUDDLE_WORLD_SIZE/HUDDLE_CONNS_PER_PEER/HUDDLE_ADDRS",
             reason,
         },
         other => other,
     })?;
     Ok(Some(config))
+}
+
+/// `HUDDLE_ADDRS`: comma-separated IPs (IPv6 bare or in brackets); empty
+/// entries, as from a trailing comma, are skipped.
+fn parse_addresses(list: &str) -> Result<Vec<IpAddr>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let bare = entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .unwrap_or(entry);
+            bare.parse::<IpAddr>().map_err(|_| CommError::Env {
+                var: "HUDDLE_ADDRS",
+                reason: format!(
+                    "`{entry}` is not an IP address (expected a comma-separated list like `10.0.0.1,fd00::1`)"
+                ),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -168,5 +193,33 @@ mod tests {
         pairs[3] = ("HUDDLE_JOB_TOKEN", "xyz");
         let err = config_from(lookup(&pairs)).unwrap_err().to_string();
         assert!(err.contains("HUDDLE_JOB_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn addresses_parse_as_a_comma_separated_list() {
+        let mut pairs = FULL.to_vec();
+        pairs.push(("HUDDLE_ADDRS", " 10.0.0.1, fd00::1,[::1],"));
+        let c = config_from(lookup(&pairs)).unwrap().unwrap();
+        let want: Vec<IpAddr> = ["10.0.0.1", "fd00::1", "::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(c.addresses, want);
+        let c = config_from(lookup(&FULL)).unwrap().unwrap();
+        assert!(c.addresses.is_empty());
+    }
+
+    #[test]
+    fn bad_address_names_the_variable_and_the_entry() {
+        for (list, bad) in [
+            ("10.0.0.1,m2", "m2"),
+            ("10.0.0.300", "10.0.0.300"),
+            ("::", "::"),
+        ] {
+            let mut pairs = FULL.to_vec();
+            pairs.push(("HUDDLE_ADDRS", list));
+            let err = config_from(lookup(&pairs)).unwrap_err().to_string();
+            assert!(err.contains("HUDDLE_ADDRS") && err.contains(bad), "{err}");
+        }
     }
 }

@@ -16,6 +16,10 @@ pub const LOCAL_SIZE: &str = "HUDDLE_LOCAL_SIZE";
 pub const COORDINATOR: &str = "HUDDLE_COORDINATOR";
 pub const JOB_TOKEN: &str = "HUDDLE_JOB_TOKEN";
 pub const HOSTFILE: &str = "HUDDLE_HOSTFILE";
+/// The addresses a rank advertises to its peers: its host's `ips` from the
+/// hostfile, comma-separated. Set by the ssh launcher only; a user's own
+/// value passes through where the host lists no ips.
+pub const ADDRS: &str = "HUDDLE_ADDRS";
 
 /// Every variable the launcher owns; users cannot override them with `--env`.
 pub const CONTRACT: [&str; 7] = [
@@ -139,6 +143,28 @@ impl JobEnv {
         }
         vars
     }
+
+    /// As [`JobEnv::for_rank`], for a rank on a host reached at `ips`: the
+    /// rank advertises all of them, so peers open connections to each.
+    pub fn for_rank_on(&self, place: Placement, ips: &[String]) -> Vec<(String, OsString)> {
+        let mut vars = self.for_rank(place);
+        if let Some(list) = advertised(ips) {
+            vars.push((ADDRS.to_owned(), list.into()));
+        }
+        vars
+    }
+}
+
+/// `ips` as a `HUDDLE_ADDRS` value. Zoned link-local entries (`fe80::1%en0`)
+/// are left out: the zone names an interface of the host that wrote the
+/// hostfile, which means nothing to the peers that would dial it.
+fn advertised(ips: &[String]) -> Option<String> {
+    let kept: Vec<&str> = ips
+        .iter()
+        .map(String::as_str)
+        .filter(|ip| !ip.contains('%'))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
 }
 
 #[cfg(test)]
@@ -198,5 +224,34 @@ mod tests {
         assert_eq!(get(LOCAL_SIZE), Some("2".into()));
         assert_eq!(get(WORLD_SIZE), Some("4".into()));
         assert_eq!(get(HOSTFILE), None);
+    }
+
+    #[test]
+    fn rank_on_a_host_advertises_all_its_ips() {
+        let env = JobEnv {
+            world_size: 2,
+            coordinator: "10.0.0.1:5000".into(),
+            token: JobToken::generate(),
+            hostfile: None,
+            extra: vec![],
+        };
+        let place = Placement {
+            rank: 1,
+            local_rank: 0,
+            local_size: 1,
+        };
+        let ips: Vec<String> = ["10.0.0.2", "fe80::1%en0", "fd00::2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let vars = env.for_rank_on(place, &ips);
+        let addrs: Vec<&OsString> = vars
+            .iter()
+            .filter(|(k, _)| k == ADDRS)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(addrs, [&OsString::from("10.0.0.2,fd00::2")]);
+        assert!(!env.for_rank_on(place, &[]).iter().any(|(k, _)| k == ADDRS));
+        assert!(!env.for_rank(place).iter().any(|(k, _)| k == ADDRS));
     }
 }

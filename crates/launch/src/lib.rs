@@ -61,8 +61,8 @@ mod stdin;
 mod supervise;
 
 pub use env::{
-    CONTRACT, COORDINATOR, EnvPair, HOSTFILE, JOB_TOKEN, JobEnv, JobToken, LOCAL_RANK, LOCAL_SIZE,
-    Placement, RANK, WORLD_SIZE,
+    ADDRS, CONTRACT, COORDINATOR, EnvPair, HOSTFILE, JOB_TOKEN, JobEnv, JobToken, LOCAL_RANK,
+    LOCAL_SIZE, Placement, RANK, WORLD_SIZE,
 };
 pub use error::LaunchError;
 pub use exit::{RankExit, signal_name};

@@ -85,11 +85,12 @@ impl SshJob {
         for (h, host) in self.hostfile.hosts.iter().enumerate() {
             for local_rank in 0..self.ranks_per_host {
                 let rank = h * self.ranks_per_host + local_rank;
-                let vars = job_env.for_rank(Placement {
+                let place = Placement {
                     rank,
                     local_rank,
                     local_size: self.ranks_per_host,
-                });
+                };
+                let vars = job_env.for_rank_on(place, &host.ips);
                 ranks.push(SshRank {
                     rank,
                     host: host.ssh.clone(),
@@ -289,6 +290,31 @@ mod tests {
                 .setup
                 .contains("HUDDLE_COORDINATOR='192.168.1.9:4000'")
         );
+    }
+
+    #[test]
+    fn each_rank_advertises_its_own_hosts_ips() {
+        let mut j = job("m1,m2");
+        j.hostfile.hosts[0].ips = vec!["10.0.0.1".into(), "192.168.1.1".into()];
+        j.hostfile.hosts[1].ips = vec!["10.0.0.2".into(), "fd00::2".into()];
+        let ranks = j.plan().unwrap();
+        for r in &ranks[..2] {
+            assert!(
+                r.setup
+                    .contains("export HUDDLE_ADDRS='10.0.0.1,192.168.1.1'\n"),
+                "{}",
+                r.setup
+            );
+        }
+        for r in &ranks[2..] {
+            assert!(
+                r.setup.contains("export HUDDLE_ADDRS='10.0.0.2,fd00::2'\n"),
+                "{}",
+                r.setup
+            );
+        }
+        let ranks = job("m1,m2").plan().unwrap();
+        assert!(ranks.iter().all(|r| !r.setup.contains("HUDDLE_ADDRS")));
     }
 
     #[test]

@@ -47,16 +47,19 @@ pub(crate) fn tune_stream(s: &std::net::TcpStream) -> io::Result<()> {
     s.set_nonblocking(true)
 }
 
-/// Blocks until `l` has a connection to accept or `timeout` passes.
-pub(crate) fn wait_readable(l: &TcpListener, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: l.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+/// Blocks until one of `ls` has a connection to accept or `timeout` passes.
+pub(crate) fn wait_readable(ls: &[TcpListener], timeout: Duration) -> bool {
+    let mut pfds: Vec<libc::pollfd> = ls
+        .iter()
+        .map(|l| libc::pollfd {
+            fd: l.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    // SAFETY: `pfds` holds `pfds.len()` valid pollfds.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     r > 0
 }
 
