@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use huddle_comm::Group;
 use huddle_lm::generate::{GenerateOptions, Generation, encode_chat, encode_plain, stop_token_ids};
 use huddle_lm::sampling::SamplingParams;
 use huddle_lm::{ChatTemplate, LoadOptions, Message, Model, Quantize, Tokenizer};
@@ -27,6 +28,11 @@ pub struct ModelArgs {
     /// the ranks on this host).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Split the model's layers among the job's ranks (one contiguous
+    /// range each, activations passed along) instead of splitting every
+    /// layer's weights (tensor parallelism, the default).
+    #[arg(long)]
+    pub pipeline: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -104,11 +110,13 @@ pub struct GenerateArgs {
 pub struct Loaded {
     pub model: Model,
     pub tokenizer: Tokenizer,
+    /// Every rank of the job.
+    pub world: Group,
 }
 
 /// Sets the thread budget, joins the job's ranks (when started by `huddle
-/// launch`: they form one tensor-parallel group), then loads the tokenizer
-/// and this rank's part of the model.
+/// launch`: they form one tensor-parallel group, or with `--pipeline` one
+/// pipeline), then loads the tokenizer and this rank's part of the model.
 pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     // SAFETY: called first thing in a subcommand, from the main thread,
     // before candle or anything else in this process has started threads.
@@ -128,15 +136,23 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         max_kv_size: args.max_kv_size,
         progress: group.rank() == 0 && std::io::stderr().is_terminal(),
     };
-    let model = Model::load_sharded(path, &options, &group)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let model = if args.pipeline {
+        huddle_lm::sharded_load(path, &options, &group, &Group::single())
+    } else {
+        Model::load_sharded(path, &options, &group)
+    }
+    .with_context(|| format!("loading {}", path.display()))?;
     tracing::info!(
         architecture = %model.info().architecture,
         layers = model.info().num_layers,
         context = model.info().context_length,
         "model loaded"
     );
-    Ok(Loaded { model, tokenizer })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        world: group,
+    })
 }
 
 /// The model's chat template, or the plain fallback with a note.
@@ -183,13 +199,13 @@ pub fn stdout_sink() -> impl FnMut(&str) -> ControlFlow<()> {
     }
 }
 
-/// On a rank other than 0 of a tensor-parallel group: runs the steps rank
-/// 0 announces until it is done. `None` on rank 0, which goes on to drive.
+/// On a rank other than 0 of a split model: runs the steps rank 0
+/// announces until it is done. `None` on rank 0, which goes on to drive.
 pub fn follow_if_not_leader(loaded: &mut Loaded) -> Option<anyhow::Result<i32>> {
-    let (rank, _) = loaded.model.tensor_rank();
-    if rank == 0 {
+    if loaded.model.is_leader() {
         return None;
     }
+    let rank = loaded.world.rank();
     Some(
         loaded
             .model
@@ -202,7 +218,9 @@ pub fn follow_if_not_leader(loaded: &mut Loaded) -> Option<anyhow::Result<i32>> 
 pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
     let mut loaded = load(&args.model)?;
     if let Some(done) = follow_if_not_leader(&mut loaded) {
-        return done;
+        let code = done?;
+        gather_peak_memory(&loaded.world)?;
+        return Ok(code);
     }
     // Only rank 0 gets the launcher's stdin.
     let prompt = if args.prompt == "-" {
@@ -239,12 +257,59 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
     // The newline ends the text even when stdout is already closed.
     let _ = writeln!(std::io::stdout());
     tracing::info!(finish = ?generation.finish, "generation ended");
-    print_stats(&generation);
+    print_speed(&generation);
+    if loaded.world.size() <= 1 {
+        print_peak_memory();
+        return Ok(0);
+    }
+    let Loaded { model, world, .. } = loaded;
+    // Dropping the model releases the followers into the gather.
+    drop(model);
+    let peaks = gather_peak_memory(&world)?;
+    eprintln!("{}", peak_memory_line(&peaks));
     Ok(0)
 }
 
 /// mlx_lm's summary lines, on stderr so stdout holds only the text.
 pub fn print_stats(generation: &Generation) {
+    print_speed(generation);
+    print_peak_memory();
+}
+
+/// Every rank's peak resident memory in GB, in rank order (negative where
+/// a rank could not read it).
+fn gather_peak_memory(world: &Group) -> anyhow::Result<Vec<f64>> {
+    let mine = [peak_memory_gb().unwrap_or(-1.0)];
+    let mut all = vec![0f64; world.size()];
+    world
+        .all_gather(&mine, &mut all)
+        .context("gathering the ranks' peak memory")?;
+    Ok(all)
+}
+
+fn peak_memory_line(peaks: &[f64]) -> String {
+    let ranks: Vec<String> = peaks
+        .iter()
+        .enumerate()
+        .map(|(rank, &gb)| {
+            if gb < 0.0 {
+                format!("rank {rank} unknown")
+            } else {
+                format!("rank {rank} {gb:.2} GB")
+            }
+        })
+        .collect();
+    format!("Peak memory: {}", ranks.join(", "))
+}
+
+fn print_peak_memory() {
+    match peak_memory_gb() {
+        Some(gb) => eprintln!("Peak memory: {gb:.3} GB"),
+        None => eprintln!("Peak memory: unknown"),
+    }
+}
+
+fn print_speed(generation: &Generation) {
     let stats = &generation.stats;
     eprintln!("==========");
     eprintln!(
@@ -257,10 +322,6 @@ pub fn print_stats(generation: &Generation) {
         stats.generated_tokens,
         stats.generation_tokens_per_sec()
     );
-    match peak_memory_gb() {
-        Some(gb) => eprintln!("Peak memory: {gb:.3} GB"),
-        None => eprintln!("Peak memory: unknown"),
-    }
 }
 
 /// The process's peak resident memory (VmHWM) in GB.
@@ -275,4 +336,17 @@ pub fn peak_memory_gb() -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib * 1024.0 / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_memory_line_names_every_rank() {
+        assert_eq!(
+            peak_memory_line(&[0.2134, 0.2, -1.0]),
+            "Peak memory: rank 0 0.21 GB, rank 1 0.20 GB, rank 2 unknown"
+        );
+    }
 }

@@ -1,5 +1,5 @@
-//! The engine loop of a tensor-parallel group (DESIGN.md "One engine
-//! loop"): rank 0 drives. Before every step it broadcasts a step message
+//! The engine loop of a split model (DESIGN.md "One engine loop"): rank 0
+//! drives. Before every step it broadcasts a step message
 //! (the token ids to run and which logits to compute, a KV truncation, or
 //! stop); every rank then runs the same step. Rank 0 alone holds the
 //! gathered logits and samples, and the sampled token reaches the others
@@ -8,6 +8,8 @@
 //!
 //! [`crate::Model`] announces steps itself on rank 0 (generation and chat
 //! code run unchanged); the other ranks sit in [`crate::Model::follow`].
+//! These functions move a step over one group; [`crate::pp::Crew`] relays
+//! it over the pipeline and tensor groups together.
 
 use huddle_comm::Group;
 

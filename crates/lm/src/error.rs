@@ -110,10 +110,19 @@ pub enum LmError {
     #[error("tensor computation failed: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
 
-    /// A collective of the tensor-parallel group failed (a peer died, or
-    /// the ranks disagree about what to compute).
-    #[error("tensor-parallel communication failed: {0}")]
+    /// Communication between the ranks of a split model failed (a peer
+    /// died, or the ranks disagree about what to compute).
+    #[error("communication between the model's ranks failed: {0}")]
     Comm(huddle_comm::CommError),
+
+    /// A pipeline stage failed after the step's hidden states started
+    /// moving: the other stages cannot finish the step, so the rank stops.
+    #[error("pipeline stage {stage} failed mid-step: {source}")]
+    StageFailed {
+        stage: usize,
+        #[source]
+        source: Box<LmError>,
+    },
 
     #[error("{}: rank {rank} has a different model than rank 0 (same path, other files?)", path.display())]
     ModelMismatch { path: PathBuf, rank: usize },
@@ -124,7 +133,7 @@ pub enum LmError {
 
     /// Model::forward called on a rank that follows rank 0's engine loop.
     #[error(
-        "rank {rank} of a tensor group runs the steps rank 0 announces: call Model::follow there"
+        "rank {rank} of a split model runs the steps rank 0 announces: call Model::follow there"
     )]
     NotLeader { rank: usize },
 

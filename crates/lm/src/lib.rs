@@ -15,6 +15,7 @@ pub mod rope;
 pub mod weights;
 
 pub mod engine;
+pub mod pp;
 pub mod tp;
 
 pub mod chat;
@@ -29,6 +30,6 @@ pub use chat::ChatSession;
 pub use chat_template::{ChatTemplate, Message};
 pub use error::LmError;
 pub use generate::{FinishReason, GenerateOptions, Generation, Generator, generate};
-pub use model::{LoadOptions, Logits, Model, ModelInfo, Quantize};
+pub use model::{LoadOptions, Logits, Model, ModelInfo, Quantize, sharded_load};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

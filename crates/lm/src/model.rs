@@ -8,10 +8,11 @@ use candle_core::Tensor;
 use huddle_comm::Group;
 
 use crate::config::{GgufMeta, HfConfig, TransformerConfig, eos_from_json};
-use crate::engine::{self, Step};
+use crate::engine::Step;
 use crate::error::LmError;
 use crate::kv_cache::{KEEP, KvCache};
 use crate::models::{self, decoder::Decoder};
+use crate::pp::Crew;
 use crate::weights::Loader;
 use crate::weights::gguf::GgufSource;
 use crate::weights::safetensors::SafetensorsSource;
@@ -63,8 +64,8 @@ pub struct Model {
     decoder: Decoder,
     kv: KvCache,
     info: ModelInfo,
-    /// The tensor group when it has more than one rank.
-    group: Option<Group>,
+    /// The ranks the model is split over, when more than one.
+    crew: Option<Crew>,
 }
 
 impl Model {
@@ -83,6 +84,10 @@ impl Model {
         opts: &LoadOptions,
         tensor_group: &Group,
     ) -> Result<Model, LmError> {
+        sharded_load(path, opts, &Group::single(), tensor_group)
+    }
+
+    fn load_split(path: &Path, opts: &LoadOptions, crew: Crew) -> Result<Model, LmError> {
         if let Some(m) = opts.max_kv_size
             && m <= KEEP
         {
@@ -94,19 +99,19 @@ impl Model {
             path: path.to_path_buf(),
             source,
         })?;
-        crate::tp::check_same_model(path, tensor_group)?;
-        let group = tensor_group.clone();
+        crate::tp::check_same_model(path, &crew.tensor)?;
+        crate::tp::check_same_model(path, &crew.pipeline)?;
         let (cfg, decoder, eos) = if meta.is_dir() {
-            load_hf(path, opts, group)?
+            load_hf(path, opts, &crew)?
         } else if is_gguf(path)? {
-            load_gguf(path, opts, group)?
+            load_gguf(path, opts, &crew)?
         } else {
             return Err(LmError::NotAModel {
                 path: path.to_path_buf(),
             });
         };
         let kv = KvCache::new(
-            cfg.num_layers,
+            decoder.local_layers(),
             decoder.local_kv_heads(),
             cfg.head_dim,
             opts.max_kv_size,
@@ -122,13 +127,13 @@ impl Model {
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
         };
-        tracing::debug!(?info, quantize = ?opts.quantize, "model loaded");
-        let group = (tensor_group.size() > 1).then(|| tensor_group.clone());
+        tracing::debug!(?info, quantize = ?opts.quantize, stage = ?decoder.stage(), "model loaded");
+        let crew = crew.is_split().then_some(crew);
         Ok(Model {
             decoder,
             kv,
             info,
-            group,
+            crew,
         })
     }
 
@@ -142,15 +147,15 @@ impl Model {
     ///
     /// [`follow`]: Model::follow
     pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor, LmError> {
-        if let Some(group) = &self.group {
-            if group.rank() != 0 {
-                return Err(LmError::NotLeader { rank: group.rank() });
+        if let Some(crew) = &self.crew {
+            if !crew.is_leader() {
+                return Err(LmError::NotLeader { rank: crew.rank() });
             }
             let step = Step::Forward {
                 tokens: tokens.to_vec(),
                 logits,
             };
-            engine::announce(group, &step)?;
+            crew.announce(&step)?;
         }
         self.decoder.forward(tokens, &mut self.kv, logits)
     }
@@ -159,16 +164,20 @@ impl Model {
     /// announces until it stops (returns `Ok`) or the group fails. A step
     /// that fails here for the model's own reasons (a bad token, a full
     /// context) fails alike on rank 0, which reports it; the loop goes on.
+    /// A pipeline stage that fails mid-step returns its error: the stages
+    /// after it could never finish that step.
     pub fn follow(&mut self) -> Result<(), LmError> {
-        let Some(group) = self.group.clone() else {
+        let Some(crew) = self.crew.clone() else {
             return Ok(());
         };
         loop {
-            match engine::receive(&group)? {
+            match crew.receive()? {
                 Step::Forward { tokens, logits } => {
                     match self.decoder.forward(&tokens, &mut self.kv, logits) {
                         Ok(_) => {}
-                        Err(e @ LmError::Comm(_)) => return Err(e),
+                        Err(e @ (LmError::Comm(_) | LmError::StageFailed { .. })) => {
+                            return Err(e);
+                        }
                         Err(e) => tracing::debug!(error = %e, "step failed (as on rank 0)"),
                     }
                 }
@@ -180,7 +189,22 @@ impl Model {
 
     /// This rank's place in its tensor group: `(rank, size)`.
     pub fn tensor_rank(&self) -> (usize, usize) {
-        self.group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()))
+        self.crew
+            .as_ref()
+            .map_or((0, 1), |c| (c.tensor.rank(), c.tensor.size()))
+    }
+
+    /// This rank's pipeline stage: `(stage, stages)`.
+    pub fn pipeline_rank(&self) -> (usize, usize) {
+        self.crew
+            .as_ref()
+            .map_or((0, 1), |c| (c.pipeline.rank(), c.pipeline.size()))
+    }
+
+    /// Whether this rank drives (calls [`Model::forward`]) rather than
+    /// [`Model::follow`]s: rank 0 of both groups, or a model on one rank.
+    pub fn is_leader(&self) -> bool {
+        self.crew.as_ref().is_none_or(Crew::is_leader)
     }
 
     /// Positions processed so far (the next token's position).
@@ -190,9 +214,9 @@ impl Model {
 
     /// Keeps the first `len` cached positions (chat reuse; 0 = reset).
     pub fn truncate_kv(&mut self, len: usize) {
-        if let Some(group) = &self.group
-            && group.rank() == 0
-            && let Err(e) = engine::announce(group, &Step::Truncate { len })
+        if let Some(crew) = &self.crew
+            && crew.is_leader()
+            && let Err(e) = crew.announce(&Step::Truncate { len })
         {
             // The next forward fails on the same broken group and says so.
             tracing::warn!(error = %e, "announcing a kv truncation failed");
@@ -220,13 +244,29 @@ impl Model {
 impl Drop for Model {
     /// Rank 0 going away releases the followers.
     fn drop(&mut self) {
-        if let Some(group) = &self.group
-            && group.rank() == 0
-            && let Err(e) = engine::announce(group, &Step::Stop)
+        if let Some(crew) = &self.crew
+            && crew.is_leader()
+            && let Err(e) = crew.announce(&Step::Stop)
         {
             tracing::debug!(error = %e, "telling followers to stop failed");
         }
     }
+}
+
+/// This rank's part of the model split over a pipeline group (a stage of
+/// layers per rank, see [`crate::pp`]) and, within each stage, a tensor
+/// group (see [`crate::tp`]); a size-1 group means no split on that axis.
+/// Rank 0 of both groups drives and is used like a single-machine
+/// [`Model`]; every other rank calls [`Model::follow`]. For both axes at
+/// once, split one world group twice: `tensor = world.split(stage, t)`,
+/// `pipeline = world.split(t, stage)`.
+pub fn sharded_load(
+    path: &Path,
+    opts: &LoadOptions,
+    pipeline_group: &Group,
+    tensor_group: &Group,
+) -> Result<Model, LmError> {
+    Model::load_split(path, opts, Crew::new(pipeline_group, tensor_group))
 }
 
 fn is_gguf(path: &Path) -> Result<bool, LmError> {
@@ -245,7 +285,7 @@ fn is_gguf(path: &Path) -> Result<bool, LmError> {
 
 type Loaded = (TransformerConfig, Decoder, Vec<u32>);
 
-fn load_hf(dir: &Path, opts: &LoadOptions, group: Group) -> Result<Loaded, LmError> {
+fn load_hf(dir: &Path, opts: &LoadOptions, crew: &Crew) -> Result<Loaded, LmError> {
     let config_path = dir.join("config.json");
     if !config_path.exists() {
         return Err(LmError::NotAModel {
@@ -261,8 +301,9 @@ fn load_hf(dir: &Path, opts: &LoadOptions, group: Group) -> Result<Loaded, LmErr
         }
     }
     let source = SafetensorsSource::open_dir(dir)?;
-    let mut loader = Loader::new(Box::new(source), opts.quantize, opts.progress).with_group(group);
-    let decoder = Decoder::load(cfg.clone(), &mut loader)?;
+    let mut loader =
+        Loader::new(Box::new(source), opts.quantize, opts.progress).with_group(crew.tensor.clone());
+    let decoder = Decoder::load(cfg.clone(), &mut loader, &crew.pipeline)?;
     loader.finish();
     Ok((cfg, decoder, eos))
 }
@@ -284,14 +325,15 @@ fn generation_eos(dir: &Path) -> Result<Vec<u32>, LmError> {
     eos_from_json(&path, json.get("eos_token_id"))
 }
 
-fn load_gguf(path: &Path, opts: &LoadOptions, group: Group) -> Result<Loaded, LmError> {
+fn load_gguf(path: &Path, opts: &LoadOptions, crew: &Crew) -> Result<Loaded, LmError> {
     let mut source = GgufSource::open(path)?;
     let metadata = source.take_metadata();
     let meta = GgufMeta::new(path, &metadata)?;
-    let mut loader = Loader::new(Box::new(source), opts.quantize, opts.progress).with_group(group);
+    let mut loader =
+        Loader::new(Box::new(source), opts.quantize, opts.progress).with_group(crew.tensor.clone());
     let cfg = models::config_from_gguf(&meta, &loader)?;
     let eos = meta.eos_ids();
-    let decoder = Decoder::load(cfg.clone(), &mut loader)?;
+    let decoder = Decoder::load(cfg.clone(), &mut loader, &crew.pipeline)?;
     loader.finish();
     Ok((cfg, decoder, eos))
 }

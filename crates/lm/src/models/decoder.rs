@@ -2,6 +2,10 @@
 //! (RMSNorm, attention, residual, RMSNorm, MLP or MoE, residual), a final
 //! norm and the output head. Families differ only in config (biases, q/k
 //! norm, RoPE, experts), which `TransformerConfig` carries.
+//!
+//! On a pipeline stage ([`crate::pp`]) the decoder holds only its layers,
+//! the embedding only on the first stage and the norm and head only on the
+//! last; hidden states come from the previous stage and go to the next.
 
 use candle_core::{Device, Tensor};
 use huddle_comm::Group;
@@ -13,9 +17,10 @@ use super::moe::SparseMoe;
 use super::norm::RmsNorm;
 use crate::config::TransformerConfig;
 use crate::error::LmError;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, Step};
 use crate::linear::{Linear, Split};
 use crate::model::Logits;
+use crate::pp::{self, Stage};
 use crate::rope::Rope;
 use crate::tp;
 use crate::weights::Loader;
@@ -33,23 +38,50 @@ struct Block {
     ffn: FeedForward,
 }
 
-pub struct Decoder {
-    cfg: TransformerConfig,
-    embed: Embedding,
-    blocks: Vec<Block>,
+/// The last stage's final norm and output head.
+struct Output {
     norm: RmsNorm,
     /// On a tensor-parallel rank, this rank's vocabulary rows only.
     head: Linear,
+}
+
+pub struct Decoder {
+    cfg: TransformerConfig,
+    /// First stage only.
+    embed: Option<Embedding>,
+    /// The stage's layers, `stage.layers` in order.
+    blocks: Vec<Block>,
+    /// Last stage only.
+    output: Option<Output>,
     rope: Rope,
     group: Group,
+    stage: Stage,
+    pipeline: Group,
 }
 
 impl Decoder {
-    pub fn load(cfg: TransformerConfig, loader: &mut Loader) -> Result<Self, LmError> {
+    /// The whole stack, or with a pipeline group of several ranks, this
+    /// rank's stage of it (only its tensors are read).
+    pub fn load(
+        cfg: TransformerConfig,
+        loader: &mut Loader,
+        pipeline: &Group,
+    ) -> Result<Self, LmError> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
-        let embed = Embedding::load(loader, "model.embed_tokens.weight", cfg.vocab_size, h)?;
-        let mut blocks = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
+        let stage = Stage::new(cfg.num_layers, pipeline.size(), pipeline.rank());
+        let needs_table = stage.is_first() || (stage.is_last() && cfg.tie_word_embeddings);
+        let table = if needs_table {
+            Some(Embedding::load(
+                loader,
+                "model.embed_tokens.weight",
+                cfg.vocab_size,
+                h,
+            )?)
+        } else {
+            None
+        };
+        let mut blocks = Vec::with_capacity(stage.layers.len());
+        for i in stage.layers.clone() {
             let p = format!("model.layers.{i}");
             let sparse = cfg
                 .moe
@@ -73,13 +105,22 @@ impl Decoder {
                 ffn,
             });
         }
-        let norm = RmsNorm::load(loader, "model.norm.weight", h, eps)?;
-        let head = if cfg.tie_word_embeddings {
-            embed.as_head(loader.quantize())?
+        let output = if stage.is_last() {
+            let norm = RmsNorm::load(loader, "model.norm.weight", h, eps)?;
+            let head = match (&table, cfg.tie_word_embeddings) {
+                (Some(table), true) => table.as_head(loader.quantize())?,
+                _ => {
+                    let g = loader.group();
+                    let rows = tp::balanced(cfg.vocab_size, g.size(), g.rank());
+                    let dims = (h, cfg.vocab_size);
+                    Linear::load_part(loader, "lm_head", dims, false, Split::Output, rows)?
+                }
+            };
+            Some(Output { norm, head })
         } else {
-            let dims = (h, cfg.vocab_size);
-            Linear::load_part(loader, "lm_head", dims, false, Split::Output, embed.rows())?
+            None
         };
+        let embed = if stage.is_first() { table } else { None };
         let group = loader.group().clone();
         // GGUF llama 3 stores its RoPE scaling as per-pair frequency divisors.
         let freq_factors = if loader.contains("rope_freqs.weight") {
@@ -93,11 +134,21 @@ impl Decoder {
             cfg,
             embed,
             blocks,
-            norm,
-            head,
+            output,
             rope,
             group,
+            stage,
+            pipeline: pipeline.clone(),
         })
+    }
+
+    /// Layers this rank runs (and caches keys and values for).
+    pub fn local_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn stage(&self) -> &Stage {
+        &self.stage
     }
 
     /// KV heads per layer this rank caches.
@@ -169,12 +220,9 @@ impl Decoder {
                 context_length: self.cfg.context_length,
             });
         }
-        let result = self.run(tokens, kv, logits).map_err(|e| match e {
-            LmError::Candle(c) => match tp::take_comm_error() {
-                Some(comm) => LmError::Comm(comm),
-                None => LmError::Candle(c),
-            },
-            other => other,
+        let result = self.prepare(t, kv).and_then(|(step, mask)| {
+            self.run(tokens, kv, &step, mask.as_ref(), logits)
+                .map_err(|e| self.stage_failed(e))
         });
         if result.is_err() {
             // Leave the cache as it was before this step, not half-written.
@@ -183,18 +231,56 @@ impl Decoder {
         result
     }
 
-    fn run(&mut self, tokens: &[u32], kv: &mut KvCache, logits: Logits) -> Result<Tensor, LmError> {
-        let t = tokens.len();
-        let eps = self.cfg.rms_norm_eps as f32;
+    /// Everything a step does before any rank talks to another; it fails
+    /// (or not) alike on every rank, whose caches are in the same state.
+    fn prepare(&mut self, t: usize, kv: &mut KvCache) -> Result<(Step, Option<Tensor>), LmError> {
         self.rope.ensure(kv.len() + t)?;
         let step = kv.begin(t)?;
         let mask = kv.mask(&step, self.cfg.sliding_window)?;
-        let mut x = self.embed.forward(tokens)?;
+        Ok((step, mask))
+    }
+
+    /// An error once the step's communication began: a failed collective
+    /// as such; on a pipeline anything else too, marked as fatal, because
+    /// the stages after this one wait for its hidden states.
+    fn stage_failed(&self, e: LmError) -> LmError {
+        let e = match e {
+            LmError::Candle(c) => match tp::take_comm_error() {
+                Some(comm) => LmError::Comm(comm),
+                None => LmError::Candle(c),
+            },
+            other => other,
+        };
+        match e {
+            LmError::Comm(_) => e,
+            e if self.pipeline.size() > 1 => LmError::StageFailed {
+                stage: self.stage.index,
+                source: Box::new(e),
+            },
+            e => e,
+        }
+    }
+
+    /// On a pipeline of several stages, only pipeline rank 0 returns the
+    /// logits; the other stages return an empty tensor.
+    fn run(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        step: &Step,
+        mask: Option<&Tensor>,
+        logits: Logits,
+    ) -> Result<Tensor, LmError> {
+        let t = tokens.len();
+        let eps = self.cfg.rms_norm_eps as f32;
+        let stage = self.stage.index;
+        let mut x = match &self.embed {
+            Some(embed) => embed.forward(tokens)?,
+            None => pp::recv(&self.pipeline, t, self.cfg.hidden_size, stage - 1)?,
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
-            let h = block
-                .attn
-                .forward(&h, i, &self.rope, kv, &step, mask.as_ref())?;
+            let h = block.attn.forward(&h, i, &self.rope, kv, step, mask)?;
             x = (x + h)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
             let h = match &block.ffn {
@@ -203,14 +289,37 @@ impl Decoder {
             };
             x = (x + h)?;
         }
+        let Some(output) = &self.output else {
+            pp::send(&self.pipeline, &x, stage + 1)?;
+            return self.logits_from_last_stage(t, logits);
+        };
         let x = match logits {
             Logits::Last => x.narrow(0, t - 1, 1)?,
             Logits::All => x,
         };
-        let out = self.gather_vocab(self.head.forward(&self.norm.forward(&x)?)?)?;
+        let out = self.gather_vocab(output.head.forward(&output.norm.forward(&x)?)?)?;
+        // Every tensor rank of the last stage holds the full logits; the
+        // one in the driving rank's pipeline group hands them back.
+        if stage != 0 && self.group.rank() == 0 {
+            pp::send(&self.pipeline, &out, 0)?;
+        }
         Ok(match logits {
             Logits::Last => out.squeeze(0)?,
             Logits::All => out,
+        })
+    }
+
+    /// Stage 0 of a pipeline after passing its hidden states on: the
+    /// logits the last stage sends back, when this rank drives.
+    fn logits_from_last_stage(&self, t: usize, logits: Logits) -> Result<Tensor, LmError> {
+        if self.stage.index != 0 || self.group.rank() != 0 {
+            return Ok(Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu)?);
+        }
+        let last = self.stage.stages - 1;
+        let vocab = self.cfg.vocab_size;
+        Ok(match logits {
+            Logits::Last => pp::recv(&self.pipeline, 1, vocab, last)?.squeeze(0)?,
+            Logits::All => pp::recv(&self.pipeline, t, vocab, last)?,
         })
     }
 }
