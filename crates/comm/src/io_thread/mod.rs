@@ -274,8 +274,25 @@ impl IoThread {
             if self.peers[p].lost || self.peers[p].gone {
                 continue;
             }
-            if let Some(&c) = self.peers[p].conns.iter().find(|&&c| !self.conns[c].closed) {
-                self.claim(p);
+            // An Abort goes on every connection: the peer may read this
+            // rank's end-of-stream on any of them first, and must see why
+            // before it sees us go (or it would blame this rank).
+            let live: Vec<usize> = self.peers[p]
+                .conns
+                .iter()
+                .copied()
+                .filter(|&c| !self.conns[c].closed)
+                .take(if kind == FrameKind::Abort {
+                    usize::MAX
+                } else {
+                    1
+                })
+                .collect();
+            if live.is_empty() {
+                continue;
+            }
+            self.claim(p);
+            for c in live {
                 let payload = match &payload {
                     Payload::Owned(v) => Payload::Owned(v.clone()),
                     _ => Payload::Empty,
@@ -287,8 +304,8 @@ impl IoThread {
                     ticket: None,
                     written: None,
                 });
-                sent += 1;
             }
+            sent += 1;
         }
         sent
     }
