@@ -1,23 +1,9 @@
 //! `huddle chat` with stdin piped: one message a line, clean stop at EOF.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod support;
 
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("HUDDLE_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set HUDDLE_SMOLLM2)",
-        path.display()
-    );
-    path
-}
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 /// Runs `huddle -v chat` with `input` on stdin; returns (success, stdout, stderr).
 fn chat(input: &str) -> (bool, String, String) {
@@ -31,7 +17,7 @@ fn chat(input: &str) -> (bool, String, String) {
             "You are a helpful assistant.",
             "--model",
         ])
-        .arg(smollm2_path())
+        .arg(support::smollm2())
         .env_remove("HUDDLE_LOG")
         .env_remove("HUDDLE_LOCAL_SIZE")
         .env("NO_COLOR", "1")

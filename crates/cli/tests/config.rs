@@ -5,14 +5,14 @@
 //! One test function runs every scenario in turn: the hosts are global
 //! machine state, shared by whoever brought them up.
 
-mod launch_support;
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use launch_support::testbed::Cluster;
-use launch_support::{Outcome, run, scratch};
+use support::testbed::Cluster;
+use support::{Outcome, run, scratch};
 
 const HOSTS: &str = "h0,h1,h2";
 
@@ -22,7 +22,7 @@ struct Testbed {
 }
 
 fn testbed() -> Option<Testbed> {
-    let cluster = launch_support::testbed::cluster("the huddle config tests", 3)?;
+    let cluster = support::testbed::cluster("the huddle config tests", 3)?;
     Some(Testbed {
         ssh_config: cluster.ssh_config.clone(),
         _cluster: cluster,

@@ -1,22 +1,9 @@
 //! `huddle generate` end to end with the real SmolLM2 model.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
-
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("HUDDLE_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set HUDDLE_SMOLLM2)",
-        path.display()
-    );
-    path
-}
 
 /// Without a system message SmolLM2's template inserts its own, after which
 /// this Q4_1 file greedily answers in French (llama.cpp agrees).
@@ -50,7 +37,7 @@ fn generate_answers_the_capital_of_france() {
         ])
         .arg("What is the capital of France?")
         .arg("--model")
-        .arg(smollm2_path()));
+        .arg(support::smollm2()));
     assert!(output.status.success(), "stderr: {stderr}");
     assert!(stdout.contains("Paris"), "stdout: {stdout}");
     assert!(stderr.contains("=========="), "stderr: {stderr}");
@@ -77,7 +64,7 @@ fn stop_string_ends_the_output_before_it() {
         ])
         .arg("What is the capital of France?")
         .arg("--model")
-        .arg(smollm2_path()));
+        .arg(support::smollm2()));
     assert!(output.status.success(), "stderr: {stderr}");
     assert!(!stdout.contains("Paris"), "stdout: {stdout}");
     assert!(stderr.contains("Generation: "), "stderr: {stderr}");
@@ -96,7 +83,7 @@ fn a_prompt_longer_than_the_context_is_a_one_line_error() {
             &prompt,
             "--model",
         ])
-        .arg(smollm2_path()));
+        .arg(support::smollm2()));
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.starts_with("huddle: error: "), "stderr: {stderr}");
     assert!(stderr.contains("context"), "stderr: {stderr}");
@@ -134,7 +121,7 @@ fn one_allowed_cpu_means_one_thread() {
         "Hi",
         "--model",
     ])
-    .arg(smollm2_path());
+    .arg(support::smollm2());
     // SAFETY: only async-signal-safe libc calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -165,7 +152,7 @@ fn threads_flag_overrides_the_affinity_mask() {
             "Hi",
             "--model",
         ])
-        .arg(smollm2_path()));
+        .arg(support::smollm2()));
     assert!(output.status.success(), "stderr: {stderr}");
     assert!(stderr.contains("threads=3 "), "stderr: {stderr}");
 }

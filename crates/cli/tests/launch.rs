@@ -1,11 +1,11 @@
 //! `huddle launch -n N`: real processes, real signals.
 
-mod launch_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 
-use launch_support::{alive, finish, huddle, run, scratch, wait_for_pid, wait_gone, wait_guarded};
+use support::{alive, finish, huddle, run, scratch, wait_for_pid, wait_gone, wait_guarded};
 
 fn sh(n: &str, script: &str) -> Vec<String> {
     ["launch", "-n", n, "--", "sh", "-c", script]
@@ -14,7 +14,7 @@ fn sh(n: &str, script: &str) -> Vec<String> {
         .collect()
 }
 
-fn run_sh(n: &str, script: &str, stdin: &[u8]) -> launch_support::Outcome {
+fn run_sh(n: &str, script: &str, stdin: &[u8]) -> support::Outcome {
     let args = sh(n, script);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run(&args, stdin)
@@ -296,11 +296,7 @@ fn odd_arguments_arrive_intact() {
 fn start_sleepers(
     name: &str,
     grandchild: bool,
-) -> (
-    std::process::Child,
-    Vec<libc::pid_t>,
-    launch_support::Scratch,
-) {
+) -> (std::process::Child, Vec<libc::pid_t>, support::Scratch) {
     let dir = scratch(name);
     let body = if grandchild {
         "sleep 1000 & echo $! > $d/g$HUDDLE_RANK.tmp; mv $d/g$HUDDLE_RANK.tmp $d/g$HUDDLE_RANK; wait"

@@ -5,25 +5,25 @@
 //! One test function runs every scenario in turn: the hosts are global
 //! machine state, shared by whoever brought them up.
 
-mod launch_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use launch_support::testbed::Cluster;
-use launch_support::{alive, finish, huddle, run, scratch, wait_for_pid, wait_gone};
+use support::testbed::Cluster;
+use support::{alive, finish, huddle, run, scratch, wait_for_pid, wait_gone};
 
 struct Testbed {
     hostfile: PathBuf,
-    _dir: launch_support::Scratch,
+    _dir: support::Scratch,
     ssh_config: PathBuf,
     ips: Vec<String>,
     _cluster: Cluster,
 }
 
 fn testbed() -> Option<Testbed> {
-    let cluster = launch_support::testbed::cluster("the ssh launch tests", 3)?;
+    let cluster = support::testbed::cluster("the ssh launch tests", 3)?;
     let ips = cluster.hosts.clone();
     assert!(ips.len() >= 2, "testbed has fewer than 2 hosts");
     let dir = scratch("ssh-hostfile");
@@ -227,11 +227,7 @@ fn remote_failure_is_named_and_stops_remote_ranks(tb: &Testbed) {
 fn start_remote_sleepers(
     tb: &Testbed,
     name: &str,
-) -> (
-    std::process::Child,
-    Vec<libc::pid_t>,
-    launch_support::Scratch,
-) {
+) -> (std::process::Child, Vec<libc::pid_t>, support::Scratch) {
     let dir = scratch(name);
     let script = sleepers_script(&dir, None);
     let child = huddle()

@@ -2,24 +2,10 @@
 //! ranks each hold half of SmolLM2's layers; only rank 0 reads stdin and
 //! prints, and generate reports every rank's peak memory.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod support;
 
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("HUDDLE_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set HUDDLE_SMOLLM2)",
-        path.display()
-    );
-    path
-}
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 const SYSTEM: &str = "You are a helpful assistant.";
 
@@ -32,7 +18,7 @@ fn launch_pipeline(ranks: usize, args: &[&str], stdin: &str) -> (Output, String,
         .args(args)
         .arg("--pipeline")
         .arg("--model")
-        .arg(smollm2_path())
+        .arg(support::smollm2())
         .env_remove("HUDDLE_LOG")
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())

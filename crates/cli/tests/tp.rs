@@ -1,24 +1,10 @@
 //! Tensor-parallel generation and chat through the launcher: two local
 //! ranks split SmolLM2; only rank 0 reads stdin and prints.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod support;
 
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("HUDDLE_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set HUDDLE_SMOLLM2)",
-        path.display()
-    );
-    path
-}
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 const SYSTEM: &str = "You are a helpful assistant.";
 
@@ -29,7 +15,7 @@ fn launch_two(args: &[&str], stdin: &str) -> (Output, String, String) {
         .args(["launch", "-n", "2", "--", huddle])
         .args(args)
         .arg("--model")
-        .arg(smollm2_path())
+        .arg(support::smollm2())
         .env_remove("HUDDLE_LOG")
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())

@@ -1,26 +1,12 @@
 //! Chat templates render what the model expects; a chat session reuses
 //! the KV cache and feeds later turns only their new tokens.
 
+mod common;
+
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use huddle_lm::generate::{GenerateOptions, stop_token_ids};
 use huddle_lm::{ChatSession, ChatTemplate, LoadOptions, Message, Model, Tokenizer};
-
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("HUDDLE_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set HUDDLE_SMOLLM2)",
-        path.display()
-    );
-    path
-}
 
 fn two_turns() -> Vec<Message> {
     vec![
@@ -32,7 +18,7 @@ fn two_turns() -> Vec<Message> {
 
 #[test]
 fn smollm2_template_renders_two_turns_as_chatml() {
-    let tokenizer = Tokenizer::from_gguf(&smollm2_path()).expect("tokenizer loads");
+    let tokenizer = Tokenizer::from_gguf(&common::smollm2()).expect("tokenizer loads");
     let template = ChatTemplate::for_tokenizer(&tokenizer).expect("template compiles");
     assert!(!template.is_fallback());
     let text = template.render(&two_turns(), true).expect("renders");
@@ -113,7 +99,7 @@ fn fixture_template_renders_bos_and_eos_variables() {
 
 #[test]
 fn template_end_of_turn_token_stops_generation() {
-    let tokenizer = Tokenizer::from_gguf(&smollm2_path()).expect("tokenizer loads");
+    let tokenizer = Tokenizer::from_gguf(&common::smollm2()).expect("tokenizer loads");
     let template = ChatTemplate::for_tokenizer(&tokenizer).expect("template compiles");
     let im_end = tokenizer.token_to_id("<|im_end|>").expect("in vocab");
     assert_eq!(template.end_of_turn_ids(&tokenizer), vec![im_end]);
@@ -121,7 +107,7 @@ fn template_end_of_turn_token_stops_generation() {
 
 #[test]
 fn second_turn_feeds_only_new_tokens_after_the_first_turn() {
-    let path = smollm2_path();
+    let path = common::smollm2();
     let tokenizer = Tokenizer::from_gguf(&path).expect("tokenizer loads");
     let mut model = Model::load(&path, &LoadOptions::default()).expect("model loads");
     let template = ChatTemplate::for_tokenizer(&tokenizer).expect("template compiles");

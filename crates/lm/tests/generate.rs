@@ -1,27 +1,13 @@
 //! Streaming text (UTF-8 and stop strings across token boundaries) and
 //! greedy generation with the real SmolLM2 model.
 
+mod common;
+
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use huddle_lm::generate::{FinishReason, GenerateOptions, encode_chat, stop_token_ids};
 use huddle_lm::stream::TextStream;
 use huddle_lm::{ChatTemplate, LoadOptions, Message, Model, Tokenizer, generate};
-
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("HUDDLE_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set HUDDLE_SMOLLM2)",
-        path.display()
-    );
-    path
-}
 
 /// Pushes byte chunks; returns what was shown after each push and at the end.
 fn stream_all(stops: &[&str], chunks: &[&[u8]]) -> (Vec<String>, String, Option<usize>) {
@@ -115,7 +101,7 @@ struct Loaded {
 }
 
 fn load_smollm2() -> Loaded {
-    let path = smollm2_path();
+    let path = common::smollm2();
     let tokenizer = Tokenizer::from_gguf(&path).expect("tokenizer loads");
     let model = Model::load(&path, &LoadOptions::default()).expect("model loads");
     let template = ChatTemplate::for_tokenizer(&tokenizer).expect("template compiles");

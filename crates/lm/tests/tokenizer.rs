@@ -1,6 +1,8 @@
 //! Token ids against the references: llama.cpp's for the SmolLM2 GGUF,
 //! the `tokenizers` crate's for Hugging Face directories.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -9,18 +11,6 @@ use huddle_lm::tokenizer::{Tokenizer, TokenizerError};
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("HUDDLE_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set HUDDLE_SMOLLM2)",
-        path.display()
-    );
-    path
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -34,7 +24,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn smollm2() -> Tokenizer {
-    Tokenizer::from_gguf(&smollm2_path()).expect("SmolLM2 tokenizer loads")
+    Tokenizer::from_gguf(&common::smollm2()).expect("SmolLM2 tokenizer loads")
 }
 
 /// Texts with digits, Unicode, whitespace runs, newlines and special tokens.

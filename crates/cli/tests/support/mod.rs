@@ -1,5 +1,5 @@
-//! Helpers shared by the launch tests: run `huddle` with a hang guard, and
-//! look at processes by pid.
+//! Helpers shared by the CLI tests: run `huddle` with a hang guard, look at
+//! processes by pid, find the SmolLM2 file, make test hosts (testbed.rs).
 
 #![allow(dead_code)]
 
@@ -157,4 +157,20 @@ pub fn cannot_run(what: &str, reason: &str) {
         panic!("{what} cannot run under CI: {reason}");
     }
     eprintln!("skipping {what}: {reason}");
+}
+
+/// The real SmolLM2 file the model tests use (scripts/fetch-smollm2.sh).
+pub fn smollm2() -> PathBuf {
+    let path = std::env::var_os("HUDDLE_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-smollm2.sh (or set HUDDLE_SMOLLM2)",
+        path.display()
+    );
+    path
 }
