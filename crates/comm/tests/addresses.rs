@@ -64,7 +64,11 @@ fn striped(g: &Group) -> Result<(), CommError> {
             return Err(wrong(format!("all_gather rank {r} element {i}")));
         }
     }
-    check_connections(n)
+    let checked = check_connections(n);
+    // A rank that exits closes its connections, and its peers then drop
+    // theirs: keep every rank here until all have looked at their sockets.
+    g.barrier()?;
+    checked
 }
 
 /// One of this process's TCP sockets.
