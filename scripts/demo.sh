@@ -5,9 +5,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 cargo build --release --quiet --bin huddle
+huddle="$CARGO_TARGET_DIR/release/huddle"
 model=$(scripts/fetch-smollm2.sh)
-exec target/release/huddle launch -n "${RANKS:-2}" -- \
-  target/release/huddle generate --model "$model" \
+exec "$huddle" launch -n "${RANKS:-2}" -- \
+  "$huddle" generate --model "$model" \
   --system "${SYSTEM:-You are a helpful assistant.}" \
   --prompt "${PROMPT:-What is the capital of France?}" "$@"
