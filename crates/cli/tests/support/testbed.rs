@@ -63,17 +63,33 @@ pub fn cluster(what: &str, n: usize) -> Option<Cluster> {
     let ssh_config = Path::new(TB).join("ssh/ssh_config");
     let hosts_json = Path::new(TB).join("hosts.json");
     let up = namespaces();
-    // cluster.sh's switch namespace exists only while the hosts are up.
-    let running = up.iter().any(|ns| ns == "tbsw") && ssh_config.exists() && hosts_json.exists();
-    if running && !(0..n).all(|i| up.iter().any(|ns| *ns == format!("h{i}"))) {
-        cannot_run(
-            what,
-            &format!("the running testbed has fewer than {n} hosts"),
-        );
-        return None;
-    }
+    // cluster.sh's switch namespace exists only while the hosts are up; a
+    // testbed left by a run that was killed has namespaces but dead sshds.
+    let sshd_alive = |i: usize| {
+        std::fs::read_to_string(Path::new(TB).join(format!("state/sshd-h{i}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse::<libc::pid_t>().ok())
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+    };
+    let hosts_up = (0..n).all(|i| up.iter().any(|ns| *ns == format!("h{i}")) && sshd_alive(i));
+    let running =
+        up.iter().any(|ns| ns == "tbsw") && ssh_config.exists() && hosts_json.exists() && hosts_up;
     let ours = !running;
     if ours {
+        let testbed_ns = |ns: &String| {
+            ns == "tbsw"
+                || (ns.len() > 1
+                    && ns.starts_with('h')
+                    && ns[1..].bytes().all(|b| b.is_ascii_digit()))
+        };
+        if up.iter().any(testbed_ns) {
+            // Stale or too small: clear it before making our own.
+            let _ = Command::new(CLUSTER)
+                .arg("down")
+                .env("TB", TB)
+                .stdout(Stdio::null())
+                .status();
+        }
         let status = Command::new(CLUSTER)
             .arg("up")
             .env("N", n.to_string())
