@@ -7,7 +7,7 @@ pub mod testbed;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -173,4 +173,67 @@ pub fn smollm2() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Without a system message SmolLM2's template inserts its own, after which
+/// this Q4_1 file greedily answers in French (llama.cpp agrees).
+pub const SYSTEM: &str = "You are a helpful assistant.";
+
+/// `huddle launch -n RANKS -- huddle ARGS --model SMOLLM2`, with `stdin`
+/// piped to the launcher; returns the output and its text.
+pub fn launch_smollm2(ranks: usize, args: &[&str], stdin: &str) -> (Output, String, String) {
+    let huddle = env!("CARGO_BIN_EXE_huddle");
+    let mut child = Command::new(huddle)
+        .args(["launch", "-n", &ranks.to_string(), "--", huddle])
+        .args(args)
+        .arg("--model")
+        .arg(smollm2())
+        .env_remove("HUDDLE_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("huddle launch runs");
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .expect("stdin accepts input");
+    }
+    let output = child.wait_with_output().expect("huddle launch finishes");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+/// A multi-rank `generate` asked for France's capital: it succeeded, printed
+/// Paris once, only rank 0 printed, and one speed report came out. Returns
+/// stderr for further checks.
+pub fn generate_paris(ranks: usize, extra: &[&str]) -> String {
+    let mut args = vec![
+        "generate",
+        "--system",
+        SYSTEM,
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    let (output, stdout, stderr) = launch_smollm2(ranks, &args, "");
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(stdout.matches("Paris").count(), 1, "stdout: {stdout}");
+    assert!(
+        stdout.lines().all(|l| !l.starts_with("[1]")),
+        "rank 1 printed: {stdout}"
+    );
+    assert_eq!(
+        stderr.matches("Generation: ").count(),
+        1,
+        "stderr: {stderr}"
+    );
+    stderr
 }
