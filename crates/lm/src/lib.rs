@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod kernel_matmul;
 pub mod kv_cache;
 pub mod linear;
 pub mod model;

@@ -14,6 +14,7 @@ use candle_core::{Module, Tensor};
 use huddle_comm::Group;
 
 use crate::error::LmError;
+use crate::kernel_matmul;
 use crate::model::Quantize;
 use crate::tp::all_sum_in_place;
 use crate::weights::{Loader, Slice, Weight};
@@ -70,6 +71,8 @@ impl Shard {
 enum LinearWeight {
     /// `[out, in]`, f32.
     Float(Tensor),
+    /// GGML blocks; CPU tensors of the formats huddle-kernels implements
+    /// are multiplied there ([`kernel_matmul`]), the rest by candle.
     Quantized(QMatMul),
 }
 
@@ -240,6 +243,16 @@ impl Linear {
     /// `x`: `[..., in]`, contiguous, f32. Returns `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
+            // Decode rows only for now: with the kernels, a chunked prompt's
+            // logits drift from the whole prompt's (~0.07 on SmolLM2, cause
+            // not yet found; each product alone is chunk-invariant), while
+            // candle's prompt path stays bit-identical.
+            LinearWeight::Quantized(QMatMul::QTensor(q))
+                if kernel_matmul::supports(q)
+                    && x.elem_count() == x.dims().last().copied().unwrap_or(0) =>
+            {
+                kernel_matmul::forward(q, x)?
+            }
             LinearWeight::Quantized(q) => q.forward(x)?,
             LinearWeight::Float(w) => {
                 let dims = x.dims();
