@@ -8,50 +8,28 @@ mod common;
 mod tp_support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use candle_core::Tensor;
 use huddle_comm::GroupBuilder;
 use huddle_lm::{LoadOptions, Model, sharded_load};
-use tp_support::{SMOLLM2_TOKENS, free_addr, run};
+use tp_support::{SMOLLM2_TOKENS, free_addr, on_ranks, run};
 
 /// [`run`] on a world of `stages * tensor` ranks: stage-major, each stage
 /// split over `tensor` ranks. Rank 0 drives, the others follow.
 fn split_logits(path: &Path, stages: usize, tensor: usize, tokens: &[u32]) -> (Tensor, Tensor) {
-    let size = stages * tensor;
-    let addr = free_addr();
-    let token: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..size)
-            .map(|rank| {
-                let (addr, token) = (addr.clone(), token.clone());
-                s.spawn(move || {
-                    let world = GroupBuilder::new(rank, size, addr, &token)
-                        .peer_timeout(Duration::from_secs(120))
-                        .build()
-                        .unwrap();
-                    let (stage, t) = ((rank / tensor) as u32, (rank % tensor) as u32);
-                    let tensor_group = world.split(stage, t).unwrap();
-                    let pipeline_group = world.split(t, stage).unwrap();
-                    let opts = LoadOptions::default();
-                    let mut model = sharded_load(path, &opts, &pipeline_group, &tensor_group)
-                        .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
-                    assert_eq!(model.is_leader(), rank == 0);
-                    if rank != 0 {
-                        model.follow().unwrap();
-                        return None;
-                    }
-                    Some(run(&mut model, tokens))
-                })
-            })
-            .collect();
-        let mut out = None;
-        for h in handles {
-            if let Some(t) = h.join().unwrap() {
-                out = Some(t);
-            }
-        }
-        out.unwrap()
+    on_ranks(stages * tensor, tokens, |rank, world| {
+        let (stage, t) = ((rank / tensor) as u32, (rank % tensor) as u32);
+        let tensor_group = world.split(stage, t).unwrap();
+        let pipeline_group = world.split(t, stage).unwrap();
+        let model = sharded_load(
+            path,
+            &LoadOptions::default(),
+            &pipeline_group,
+            &tensor_group,
+        )
+        .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+        assert_eq!(model.is_leader(), rank == 0);
+        model
     })
 }
 

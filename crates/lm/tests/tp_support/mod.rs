@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use candle_core::Tensor;
-use huddle_comm::GroupBuilder;
+use huddle_comm::{Group, GroupBuilder};
 use huddle_lm::{LoadOptions, Logits, Model};
 
 use crate::common;
@@ -30,20 +30,25 @@ pub fn run(model: &mut Model, tokens: &[u32]) -> (Tensor, Tensor) {
     (all, rest)
 }
 
-/// [`run`] on rank 0 of a group of `size` ranks, the others following.
-pub fn tp_logits(path: &Path, size: usize, tokens: &[u32], opts: &LoadOptions) -> (Tensor, Tensor) {
+/// [`run`] on rank 0 of a group of `size` ranks (threads of one TCP
+/// group), the others following; `load` builds each rank's model.
+pub fn on_ranks(
+    size: usize,
+    tokens: &[u32],
+    load: impl Fn(usize, Group) -> Model + Sync,
+) -> (Tensor, Tensor) {
     let addr = free_addr();
     let token: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..size)
             .map(|rank| {
-                let (addr, token) = (addr.clone(), token.clone());
+                let (addr, token, load) = (addr.clone(), token.clone(), &load);
                 s.spawn(move || {
                     let group = GroupBuilder::new(rank, size, addr, &token)
                         .peer_timeout(Duration::from_secs(120))
                         .build()
                         .unwrap();
-                    let mut model = Model::load_sharded(path, opts, &group).unwrap();
+                    let mut model = load(rank, group);
                     if rank != 0 {
                         model.follow().unwrap();
                         return None;
@@ -59,6 +64,13 @@ pub fn tp_logits(path: &Path, size: usize, tokens: &[u32], opts: &LoadOptions) -
             }
         }
         out.unwrap()
+    })
+}
+
+/// [`run`] on rank 0 of a tensor-parallel group of `size` ranks.
+pub fn tp_logits(path: &Path, size: usize, tokens: &[u32], opts: &LoadOptions) -> (Tensor, Tensor) {
+    on_ranks(size, tokens, |_, group| {
+        Model::load_sharded(path, opts, &group).unwrap()
     })
 }
 
