@@ -22,7 +22,7 @@ use crate::error::{CommError, Result};
 use crate::transport::tcp;
 
 /// huddle's version: every rank of a job must run the same one.
-pub(crate) const VERSION: &str = concat!("huddle-comm ", env!("CARGO_PKG_VERSION"), " proto 1");
+pub(crate) const VERSION: &str = concat!("huddle-comm ", env!("CARGO_PKG_VERSION"), " proto 2");
 
 /// What rank 0 decides for everyone.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,8 @@ pub(crate) struct Tuning {
     pub algo: Algo,
     pub conns_per_peer: usize,
     pub piece_bytes: usize,
+    /// Same-host pairs use shared memory.
+    pub shm: bool,
 }
 
 /// The outcome of bootstrap: open, authenticated connections to every peer.
@@ -104,6 +106,10 @@ fn set_deadline(s: &TcpStream, clock: &Clock) {
         .min(Duration::from_secs(30));
     let _ = s.set_read_timeout(Some(t));
     let _ = s.set_write_timeout(Some(t));
+    // The handshakes are several small writes each way: with Nagle on, each
+    // waits out the peer's delayed ACK (40 ms), and rank 0 accepts one
+    // connection after another, so a 4-rank join took 0.4 s.
+    let _ = s.set_nodelay(true);
 }
 
 /// A peer listener on `ip`, port chosen by the kernel. Non-blocking, so one
@@ -260,6 +266,7 @@ fn coordinate(
         algo: cfg.algo,
         conns_per_peer: cfg.conns_per_peer,
         piece_bytes: cfg.piece_bytes,
+        shm: cfg.shm,
     };
     let msg = encode_table(&table, &tuning);
     for mut s in streams {
@@ -315,7 +322,8 @@ fn encode_table(table: &[Vec<SocketAddr>], t: &Tuning) -> Vec<u8> {
     e.u8(1)
         .u8(t.algo.code())
         .u8(t.conns_per_peer as u8)
-        .u64(t.piece_bytes as u64);
+        .u64(t.piece_bytes as u64)
+        .u8(u8::from(t.shm));
     e.u32(table.len() as u32);
     for addrs in table {
         e.u8(addrs.len() as u8);
@@ -337,6 +345,7 @@ fn decode_table(body: &[u8]) -> std::result::Result<(Vec<Vec<SocketAddr>>, Tunin
         let algo = Algo::from_code(d.u8()?);
         let conns_per_peer = (d.u8()? as usize).max(1);
         let piece_bytes = (d.u64()? as usize).max(64);
+        let shm = d.u8()? == 1;
         let n = d.u32()? as usize;
         let mut table = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
@@ -353,6 +362,7 @@ fn decode_table(body: &[u8]) -> std::result::Result<(Vec<Vec<SocketAddr>>, Tunin
                 algo,
                 conns_per_peer,
                 piece_bytes,
+                shm,
             },
         ))
     };
@@ -397,7 +407,10 @@ fn register(
             Some(s) => break s,
             None => {
                 std::thread::sleep(backoff.min(left));
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // Rank 0 often starts last (its ssh session is no faster
+                // than the others'), and every millisecond waited past its
+                // start delays the whole job; a refused connect is cheap.
+                backoff = (backoff * 2).min(Duration::from_millis(100));
             }
         }
     };

@@ -76,6 +76,12 @@ pub struct Config {
     /// set of `conns_per_peer` connections. Empty: the one address that
     /// reaches the coordinator.
     pub addresses: Vec<IpAddr>,
+    /// Used by rank 0 only: ranks on one host exchange data through shared
+    /// memory (`HUDDLE_SHM`, on by default).
+    pub shm: bool,
+    /// Overrides what identifies this rank's host for shared memory
+    /// (`HUDDLE_SHM_HOST_KEY`; tests fake hosts with it).
+    pub shm_host_key: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -89,6 +95,7 @@ impl std::fmt::Debug for Config {
             .field("peer_timeout", &self.peer_timeout)
             .field("conns_per_peer", &self.conns_per_peer)
             .field("addresses", &self.addresses)
+            .field("shm", &self.shm)
             .finish_non_exhaustive()
     }
 }
@@ -192,6 +199,8 @@ impl GroupBuilder {
                 conns_per_peer: 2,
                 piece_bytes: DEFAULT_PIECE_BYTES,
                 addresses: Vec::new(),
+                shm: true,
+                shm_host_key: None,
             },
         }
     }
@@ -242,6 +251,19 @@ impl GroupBuilder {
             }
         }
         self.config.addresses = kept;
+        self
+    }
+
+    /// Whether same-host ranks use shared memory (rank 0's choice counts).
+    pub fn shm(mut self, on: bool) -> Self {
+        self.config.shm = on;
+        self
+    }
+
+    /// Ranks with equal keys count as one host for shared memory, in place
+    /// of the boot id, network namespace and hostname (for tests).
+    pub fn shm_host_key(mut self, key: impl Into<String>) -> Self {
+        self.config.shm_host_key = Some(key.into());
         self
     }
 

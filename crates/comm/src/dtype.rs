@@ -203,6 +203,59 @@ pub(crate) fn reduce_prefix_into<T: Element>(op: ReduceOp, prefix: &[T], out: &m
     }
 }
 
+/// Folds incoming bytes into a buffer as they arrive (dst = op(src, dst)
+/// per element, the order of [`reduce_prefix_into`]), so a receive from
+/// shared memory reduces straight out of the ring instead of copying
+/// into scratch first.
+#[derive(Clone, Copy)]
+pub(crate) struct Fold {
+    run: unsafe fn(ReduceOp, *const u8, *mut u8, usize),
+    op: ReduceOp,
+    /// Bytes per element: folds go by whole elements.
+    pub elem: usize,
+}
+
+impl Fold {
+    pub fn of<T: Element>(op: ReduceOp) -> Fold {
+        Fold {
+            run: fold_raw::<T>,
+            op,
+            elem: size_of::<T>(),
+        }
+    }
+
+    /// # Safety
+    /// `src` readable for `n` bytes (any alignment); `dst` writable for
+    /// `n` bytes and aligned for the element type; `n` a multiple of
+    /// `elem`; the two do not overlap.
+    pub unsafe fn apply(&self, src: *const u8, dst: *mut u8, n: usize) {
+        // SAFETY: forwarded.
+        unsafe { (self.run)(self.op, src, dst, n / self.elem) }
+    }
+}
+
+/// # Safety
+/// As for [`Fold::apply`], with `count` elements.
+unsafe fn fold_raw<T: Element>(op: ReduceOp, src: *const u8, dst: *mut u8, count: usize) {
+    #[inline(always)]
+    fn run<T: Element>(src: *const T, out: &mut [T], f: impl Fn(T, T) -> T) {
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: `src` holds `out.len()` elements (caller's contract).
+            let p = unsafe { src.add(i).read_unaligned() };
+            *o = f(p, *o);
+        }
+    }
+    // SAFETY: per the contract, `dst` is `count` aligned elements.
+    let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<T>(), count) };
+    let src = src.cast::<T>();
+    match op {
+        ReduceOp::Sum => run(src, out, |a, b| T::combine(ReduceOp::Sum, a, b)),
+        ReduceOp::Max => run(src, out, |a, b| T::combine(ReduceOp::Max, a, b)),
+        ReduceOp::Min => run(src, out, |a, b| T::combine(ReduceOp::Min, a, b)),
+        ReduceOp::Prod => run(src, out, |a, b| T::combine(ReduceOp::Prod, a, b)),
+    }
+}
+
 /// The bytes of a buffer of elements.
 pub(crate) fn as_bytes<T: Element>(v: &[T]) -> &[u8] {
     // SAFETY: Element is sealed to plain numeric types without padding.

@@ -2,7 +2,8 @@
 //! HUDDLE_RANK, HUDDLE_WORLD_SIZE, HUDDLE_LOCAL_RANK, HUDDLE_LOCAL_SIZE,
 //! HUDDLE_COORDINATOR, HUDDLE_JOB_TOKEN, plus optional tuning
 //! (HUDDLE_ALGO, HUDDLE_PEER_TIMEOUT, HUDDLE_JOIN_TIMEOUT,
-//! HUDDLE_CONNS_PER_PEER, HUDDLE_PIECE_BYTES, HUDDLE_ADDRS).
+//! HUDDLE_CONNS_PER_PEER, HUDDLE_PIECE_BYTES, HUDDLE_ADDRS, HUDDLE_SHM,
+//! HUDDLE_SHM_HOST_KEY).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -103,6 +104,22 @@ pub fn config_from(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config
     if let Some(list) = get("HUDDLE_ADDRS") {
         b = b.addresses(parse_addresses(&list)?);
     }
+    if let Some(v) = get("HUDDLE_SHM") {
+        let on = match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "on" | "true" | "yes" | "" => true,
+            "0" | "off" | "false" | "no" => false,
+            _ => {
+                return Err(CommError::Env {
+                    var: "HUDDLE_SHM",
+                    reason: format!("`{v}` is not 0 or 1"),
+                });
+            }
+        };
+        b = b.shm(on);
+    }
+    if let Some(k) = get("HUDDLE_SHM_HOST_KEY").filter(|k| !k.is_empty()) {
+        b = b.shm_host_key(k);
+    }
     let config = b.config().clone();
     config.validate().map_err(|e| match e {
         CommError::Config(reason) => CommError::Env {
@@ -178,6 +195,22 @@ mod tests {
         assert_eq!(c.algo, Algo::Mesh);
         assert_eq!(c.peer_timeout, Duration::from_millis(2500));
         assert_eq!(c.token, vec![0xab, 0xcd]);
+    }
+
+    #[test]
+    fn shm_switch_and_host_key_parse() {
+        let mut pairs = FULL.to_vec();
+        let cfg = config_from(lookup(&pairs)).unwrap().unwrap();
+        assert!(cfg.shm && cfg.shm_host_key.is_none());
+        pairs.push(("HUDDLE_SHM", "0"));
+        pairs.push(("HUDDLE_SHM_HOST_KEY", "box-a"));
+        let cfg = config_from(lookup(&pairs)).unwrap().unwrap();
+        assert!(!cfg.shm);
+        assert_eq!(cfg.shm_host_key.as_deref(), Some("box-a"));
+        let at = pairs.len() - 2;
+        pairs[at] = ("HUDDLE_SHM", "maybe");
+        let err = config_from(lookup(&pairs)).unwrap_err().to_string();
+        assert!(err.contains("HUDDLE_SHM"), "{err}");
     }
 
     #[test]

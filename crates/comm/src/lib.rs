@@ -17,6 +17,10 @@
 //! - `io_thread` + `transport`: one poll-driven thread per process moves
 //!   framed bytes over TCP (several striped connections per peer),
 //!   heartbeats every peer and reports a silent or vanished one by rank.
+//!   Ranks on one host exchange data frames through shared-memory rings
+//!   instead (`transport::shm`), TCP staying their control channel.
+//! - `shm_wait`: a caller waiting on a shared-memory transfer moves the
+//!   bytes itself (bounded spin, then sleep on eventfds).
 //! - `progress`: a caller blocked on a small receive reads its peers'
 //!   sockets itself (one wake-up per message instead of two); small sends
 //!   are written by the caller too, when the I/O thread has nothing queued.
@@ -40,6 +44,7 @@ mod group;
 mod io_thread;
 mod pending;
 mod progress;
+mod shm_wait;
 mod transport;
 mod wire;
 
@@ -52,6 +57,7 @@ pub use error::{CommError, Result};
 pub use group::Group;
 pub use half::{bf16, f16};
 pub use pending::Pending;
+pub use transport::Transport;
 
 /// The group of the whole job, from the launcher's environment; a
 /// single-rank group when the environment says nothing. A partial

@@ -31,6 +31,12 @@ thread_local! {
     };
 }
 
+/// This thread's eventfd (-1 when it could not be made), which
+/// `Shared::notify` signals while it is in `State::pollers`.
+pub(crate) fn wake_fd() -> RawFd {
+    WAKE.with(|w| w.as_ref().map_or(-1, |f| f.as_raw_fd()))
+}
+
 /// Wakes a caller sleeping in [`Reader::step`].
 pub(crate) fn signal(fd: RawFd) {
     let one: u64 = 1;
@@ -54,7 +60,7 @@ impl<'s> Reader<'s> {
         Reader {
             shared,
             conns: Vec::new(),
-            wake: WAKE.with(|w| w.as_ref().map_or(-1, |f| f.as_raw_fd())),
+            wake: wake_fd(),
         }
     }
 

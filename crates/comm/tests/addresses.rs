@@ -176,6 +176,8 @@ fn advertising(addrs: &'static str) -> impl Fn(usize) -> Vec<(String, String)> {
             ("HUDDLE_CONNS_PER_PEER", "2"),
             ("HUDDLE_PIECE_BYTES", "262144"),
             ("HUDDLE_ALGO", "ring"),
+            // Striping is a TCP matter: same-host ranks would use shared memory.
+            ("HUDDLE_SHM", "0"),
         ])
     }
 }

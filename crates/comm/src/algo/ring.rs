@@ -17,7 +17,9 @@ use std::ops::Range;
 
 use super::layout::{self, tag, wrap};
 use super::{Ctx, region};
-use crate::dtype::{Element, ReduceOp, as_bytes, as_bytes_mut, reduce_prefix_into, words_as_mut};
+use crate::dtype::{
+    Element, Fold, ReduceOp, as_bytes, as_bytes_mut, reduce_prefix_into, words_as_mut,
+};
 use crate::engine::{Op, Ticket};
 use crate::error::Result;
 use crate::wire::OpDesc;
@@ -29,6 +31,8 @@ struct Arrival {
     piece: usize,
     range: Range<usize>,
     ticket: Ticket,
+    /// Reduced on arrival already (`Op::recv_fold`).
+    folded: bool,
 }
 
 struct Lane {
@@ -63,20 +67,28 @@ pub(crate) fn all_reduce<T: Element>(
             arrivals: Vec::new(),
         };
         let step = |s: usize| d * s as isize;
+        // From a peer on this host, reduce-scatter pieces fold straight
+        // out of shared memory into our own contribution (the same order
+        // as `reduce_prefix_into`), saving a copy through scratch. That
+        // region holds only our own data until then: nothing reads it.
+        let fold = o.folds_from(prev).then(|| Fold::of::<T>(op));
         for s in 0..n - 1 {
             for (phase, c, mem) in [
                 (tag::REDUCE_SCATTER, wrap(r, -step(s + 1), n), tmp),
                 (tag::ALL_GATHER, wrap(r, -step(s), n), base),
             ] {
                 for (k, pr) in layout::pieces(chunk(c), pe).enumerate() {
+                    let t = tag::make(phase, reverse, s, k);
+                    let folded = phase == tag::REDUCE_SCATTER && fold.is_some();
                     // SAFETY: `pr` lies in the buffer; the tag makes every
                     // posted region distinct, and `o` waits before returning.
                     let ticket = unsafe {
-                        o.recv(
-                            prev,
-                            tag::make(phase, reverse, s, k),
-                            as_bytes_mut(region(mem, pr.clone())),
-                        )?
+                        match fold {
+                            Some(f) if folded => {
+                                o.recv_fold(prev, t, as_bytes_mut(region(base, pr.clone())), f)?
+                            }
+                            _ => o.recv(prev, t, as_bytes_mut(region(mem, pr.clone())))?,
+                        }
                     };
                     lane.arrivals.push(Arrival {
                         phase,
@@ -84,6 +96,7 @@ pub(crate) fn all_reduce<T: Element>(
                         piece: k,
                         range: pr,
                         ticket,
+                        folded,
                     });
                 }
             }
@@ -117,7 +130,9 @@ pub(crate) fn all_reduce<T: Element>(
             let (mine, theirs) =
                 unsafe { (region(base, a.range.clone()), region(tmp, a.range.clone())) };
             let forward = if a.phase == tag::REDUCE_SCATTER {
-                reduce_prefix_into(op, theirs, mine);
+                if !a.folded {
+                    reduce_prefix_into(op, theirs, mine);
+                }
                 Some(if a.step < last {
                     tag::make(tag::REDUCE_SCATTER, lane.reverse, a.step + 1, a.piece)
                 } else {

@@ -119,14 +119,16 @@ impl Group {
             ));
         }
         let me = cfg.rank;
-        let mesh = bootstrap::establish(&cfg)?;
+        let mut mesh = bootstrap::establish(&cfg)?;
+        let links =
+            crate::transport::shm::setup::establish(&cfg, mesh.tuning.shm, &mut mesh.conns)?;
         let io_err = |what: &str| {
             let what = what.to_string();
             move |e| CommError::io(me, what, e)
         };
         let poll = Poll::new().map_err(io_err("creating the poller"))?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker"))?;
-        let shared = Arc::new(Shared::new(waker, me, cfg.world_size));
+        let shared = Arc::new(Shared::new(waker, me, cfg.world_size, links));
         let io = IoThread::new(
             poll,
             shared.clone(),
@@ -176,6 +178,21 @@ impl Group {
     /// (rank among the ranks on this host, ranks on this host).
     pub fn local(&self) -> (usize, usize) {
         self.inner.local
+    }
+
+    /// How this rank exchanges data with group member `member`; `None`
+    /// for itself, out of range, or in a group of one.
+    pub fn transport(&self, member: usize) -> Option<crate::Transport> {
+        let engine = self.engine()?;
+        let world = *self.inner.members.get(member)?;
+        if member == self.inner.rank {
+            return None;
+        }
+        Some(if engine.shared.link(world).is_some() {
+            crate::Transport::Shm
+        } else {
+            crate::Transport::Tcp
+        })
     }
 
     /// Messages up to this many bytes use the mesh under `Algo::Auto`

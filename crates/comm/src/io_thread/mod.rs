@@ -1,6 +1,8 @@
 //! The one I/O thread of a process: it blocks in `poll` (never spins),
 //! writes queued frames, reads and matches incoming ones, sends heartbeats,
-//! and turns a silent or vanished peer into an error naming it.
+//! and turns a silent or vanished peer into an error naming it. For peers
+//! on this host it also moves shared-memory frames, but only while no
+//! caller does (`shm_wait`): it watches a ring's eventfds only then.
 //!
 //! Shutdown is orderly: flush every queue, say Bye on every connection,
 //! then wait (briefly) for the peers' end of stream, so that no rank loses
@@ -19,12 +21,17 @@ use crate::engine::{Shared, encode_abort};
 mod sink;
 use crate::error::CommError;
 use crate::transport::inbound::{Inbound, ReadPass};
+use crate::transport::shm::ShmLink;
+use crate::transport::shm::link::epoll_set;
 use crate::transport::tcp::TcpConn;
 use crate::transport::{OutFrame, Payload};
 use crate::wire::{FrameKind, Header};
-pub(crate) use sink::Sink;
+pub(crate) use sink::{Sink, land};
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
+/// Tokens of the shared-memory eventfds start here (they only wake the
+/// loop, which then looks at every ring).
+const SHM_TOKENS: u64 = 1 << 40;
 /// How long a departing rank waits for its peers to finish reading.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How long a connection stays with callers after the last one let go
@@ -59,6 +66,9 @@ pub(crate) struct IoThread {
     closing: Closing,
     /// What this thread last published in `State::idle`.
     idle: Vec<bool>,
+    shm: Vec<Option<Arc<ShmLink>>>,
+    /// This thread counts as a sleeping producer of the peer's ring.
+    space_armed: Vec<bool>,
 }
 
 impl IoThread {
@@ -99,6 +109,13 @@ impl IoThread {
             peers[peer].conns.push(i);
             conns.push(TcpConn::new(stream, peer, inbound));
         }
+        for (p, l) in shared.shm.iter().enumerate() {
+            if let Some(l) = l {
+                l.register(epoll, SHM_TOKENS + 2 * p as u64)?;
+                epoll_set(epoll, l.tx_ring().space_fd(), space_token(p), false, true)?;
+            }
+        }
+        let shm = shared.shm.clone();
         let _ = shared.registry.set(registry);
         let _ = shared.inbound.set(first);
         shared.lock().direct_fd = direct_fd;
@@ -112,6 +129,8 @@ impl IoThread {
             done: Vec::new(),
             closing: Closing::Open,
             idle: vec![false; world],
+            shm,
+            space_armed: vec![false; world],
         })
     }
 
@@ -188,6 +207,7 @@ impl IoThread {
                     Err(e) => self.close(i, Some(e)),
                 }
             }
+            lingering |= self.shm_step();
             self.flush();
             self.complete(shutdown);
             let now = Instant::now();
@@ -212,6 +232,61 @@ impl IoThread {
         st.purged = true;
         st.posted.clear();
         self.shared.notify(&st);
+    }
+
+    /// Reads the incoming rings this thread is responsible for, writes
+    /// queued frames, and counts itself as a waiter for room where frames
+    /// wait. True while callers hold a ring (it is taken back later).
+    fn shm_step(&mut self) -> bool {
+        let mut held = false;
+        for p in 0..self.shm.len() {
+            let Some(l) = self.shm[p].clone() else {
+                continue;
+            };
+            if self.peers[p].lost {
+                continue;
+            }
+            held |= l.rearm_if_idle(LINGER);
+            if l.io_reads() {
+                let mut sink = Sink::new(&self.shared, &mut self.done);
+                if l.drain(&mut sink).is_err() {
+                    self.lose(p, CORRUPT.into());
+                    continue;
+                }
+            }
+            // Callers waiting on this link move its bytes themselves.
+            let callers = l.pushers.load(Ordering::Acquire) > 0;
+            loop {
+                if !callers && l.queued() && l.push(&mut self.done).is_err() {
+                    self.lose(p, CORRUPT.into());
+                    break;
+                }
+                let want = !callers && l.queued();
+                if want == self.space_armed[p] {
+                    break;
+                }
+                l.tx_ring().wait_space(want);
+                self.space_armed[p] = want;
+                // Only while armed: callers sleeping for room use it too.
+                if let Some(r) = self.shared.registry.get() {
+                    let epoll = std::os::fd::AsRawFd::as_raw_fd(r);
+                    let _ = epoll_set(epoll, l.tx_ring().space_fd(), space_token(p), want, false);
+                }
+                // Counted now: room freed before that is seen by pushing again.
+                if !want {
+                    break;
+                }
+            }
+        }
+        held
+    }
+
+    /// Frames still waiting for room in a live peer's ring (a peer that
+    /// left never reads them).
+    fn shm_queued(&self) -> bool {
+        self.shm.iter().enumerate().any(|(p, l)| {
+            l.as_ref().is_some_and(|l| l.queued()) && !self.peers[p].lost && !self.peers[p].gone
+        })
     }
 
     fn fail(&self, err: CommError) {
@@ -433,6 +508,14 @@ impl IoThread {
             return;
         }
         if self.peers[p].conns.iter().all(|&c| self.conns[c].closed) {
+            // Everything it sent before its Bye is in the ring by now.
+            if let Some(l) = self.shm[p].clone() {
+                let mut sink = Sink::new(&self.shared, &mut self.done);
+                let _ = l.drain(&mut sink);
+                let mut st = self.shared.lock();
+                st.completed.extend(self.done.drain(..));
+                self.shared.notify(&st);
+            }
             self.peers[p].gone = true;
             let mut st = self.shared.lock();
             st.gone[p] = true;
@@ -493,6 +576,9 @@ impl IoThread {
         for c in &mut self.conns {
             c.purge();
         }
+        for l in self.shm.iter().flatten() {
+            l.purge();
+        }
         let err = {
             let mut st = self.shared.lock();
             st.posted.clear();
@@ -508,7 +594,8 @@ impl IoThread {
 
     /// One step of the orderly shutdown; true when the thread may exit.
     fn close_step(&mut self, now: Instant) -> bool {
-        let queued = self.conns.iter().any(|c| !c.closed && !c.wqueue.is_empty());
+        let queued =
+            self.conns.iter().any(|c| !c.closed && !c.wqueue.is_empty()) || self.shm_queued();
         match self.closing {
             Closing::Open => {
                 self.closing = Closing::Flushing(now + self.timeout.min(Duration::from_secs(10)));
@@ -541,4 +628,10 @@ impl IoThread {
             Closing::Draining(deadline) => now >= deadline || self.conns.iter().all(|c| c.closed),
         }
     }
+}
+
+const CORRUPT: &str = "its shared-memory ring holds impossible positions (memory corrupted)";
+
+fn space_token(peer: usize) -> u64 {
+    SHM_TOKENS + 2 * peer as u64 + 1
 }

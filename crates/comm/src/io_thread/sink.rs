@@ -2,9 +2,10 @@
 //! receive, the early-message store, or nowhere), and the checks that
 //! both ranks are in the same call.
 
+use crate::engine::Posted;
 use crate::engine::{Shared, State, decode_abort, mismatch};
 use crate::error::CommError;
-use crate::transport::{Dest, FrameSink, RawMut};
+use crate::transport::{Dest, FrameSink};
 use crate::wire::{FrameKind, Header};
 
 /// Matches incoming frames against posted receives.
@@ -66,7 +67,7 @@ impl Sink<'_> {
 }
 
 impl FrameSink for Sink<'_> {
-    fn on_header(&mut self, peer: usize, h: &Header) -> Dest {
+    fn on_header(&mut self, peer: usize, h: &Header, folds: bool) -> Dest {
         match h.kind {
             FrameKind::Heartbeat => return Dest::Discard,
             FrameKind::Bye => {
@@ -83,10 +84,27 @@ impl FrameSink for Sink<'_> {
         if !self.agrees(&mut st, peer, h) {
             return Dest::Discard;
         }
+        // A receive that folds, reached by a transport that cannot: the
+        // payload is read whole and folded at the end (`on_payload`).
+        if !folds
+            && st
+                .posted
+                .get(&(peer, h.key))
+                .is_some_and(|p| p.fold.is_some() && p.mem.len as u64 == h.len)
+        {
+            return Dest::Owned(vec![0; h.len as usize]);
+        }
         match st.posted.remove(&(peer, h.key)) {
-            Some(p) if p.mem.len as u64 == h.len => Dest::Posted {
-                mem: p.mem,
-                ticket: p.ticket,
+            Some(p) if p.mem.len as u64 == h.len => match p.fold {
+                Some(fold) => Dest::Fold {
+                    mem: p.mem,
+                    ticket: p.ticket,
+                    fold,
+                },
+                None => Dest::Posted {
+                    mem: p.mem,
+                    ticket: p.ticket,
+                },
             },
             Some(p) => {
                 self.wrong_length(&mut st, peer, h, p.mem.len);
@@ -98,7 +116,7 @@ impl FrameSink for Sink<'_> {
 
     fn on_frame(&mut self, peer: usize, h: &Header, payload: &[u8]) {
         if h.kind != FrameKind::Data {
-            let dest = match self.on_header(peer, h) {
+            let dest = match self.on_header(peer, h, false) {
                 Dest::Owned(_) => Dest::Owned(payload.to_vec()),
                 other => other,
             };
@@ -116,9 +134,7 @@ impl FrameSink for Sink<'_> {
             Some(p) if p.mem.len == payload.len() => {
                 // SAFETY: a posted receive's memory stays valid until its
                 // ticket is published (at the end of this poll round).
-                unsafe {
-                    std::ptr::copy_nonoverlapping(payload.as_ptr(), p.mem.ptr, payload.len())
-                };
+                unsafe { land(&p, payload) };
                 self.done.push(p.ticket);
             }
             Some(p) => self.wrong_length(&mut st, peer, h, p.mem.len),
@@ -136,7 +152,9 @@ impl FrameSink for Sink<'_> {
                 let mut st = self.shared.lock();
                 self.shared.poison(&mut st, err);
             }
-            (FrameKind::Data, Dest::Posted { ticket, .. }) => self.done.push(ticket),
+            (FrameKind::Data, Dest::Posted { ticket, .. } | Dest::Fold { ticket, .. }) => {
+                self.done.push(ticket)
+            }
             (FrameKind::Data, Dest::Owned(v)) => {
                 let mut st = self.shared.lock();
                 if st.error.is_some() {
@@ -146,8 +164,7 @@ impl FrameSink for Sink<'_> {
                     Some(p) if p.mem.len == v.len() => {
                         // SAFETY: a posted receive's memory stays valid until
                         // its ticket is published.
-                        let dst: RawMut = p.mem;
-                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst.ptr, v.len()) };
+                        unsafe { land(&p, &v) };
                         self.done.push(p.ticket);
                     }
                     Some(p) => {
@@ -169,6 +186,21 @@ impl FrameSink for Sink<'_> {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Puts a whole payload where a posted receive wants it: copied, or folded.
+///
+/// # Safety
+/// `p.mem` is valid for `payload.len()` bytes (its length, checked by the
+/// caller) and not otherwise in use.
+pub(crate) unsafe fn land(p: &Posted, payload: &[u8]) {
+    // SAFETY: forwarded; posted memory is aligned for its elements.
+    unsafe {
+        match &p.fold {
+            Some(f) => f.apply(payload.as_ptr(), p.mem.ptr, payload.len()),
+            None => std::ptr::copy_nonoverlapping(payload.as_ptr(), p.mem.ptr, payload.len()),
         }
     }
 }

@@ -287,7 +287,7 @@ impl ReadState {
                     self.rpos += len;
                     continue;
                 }
-                let dest = sink.on_header(peer, &header);
+                let dest = sink.on_header(peer, &header, false);
                 self.incoming = Some(Incoming {
                     header,
                     dest,
@@ -330,7 +330,7 @@ impl ReadState {
     /// receive in progress is read into the void.
     pub fn purge(&mut self) {
         if let Some(inc) = &mut self.incoming
-            && matches!(inc.dest, Dest::Posted { .. })
+            && matches!(inc.dest, Dest::Posted { .. } | Dest::Fold { .. })
         {
             inc.dest = Dest::Discard;
         }
@@ -347,7 +347,7 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-fn dest_slice(dest: &mut Dest, at: usize, n: usize) -> Option<&mut [u8]> {
+pub(crate) fn dest_slice(dest: &mut Dest, at: usize, n: usize) -> Option<&mut [u8]> {
     match dest {
         // SAFETY: the posted memory is `mem.len` bytes and stays alive until
         // this receive completes or is purged (engine::Op guarantees it).
@@ -355,7 +355,8 @@ fn dest_slice(dest: &mut Dest, at: usize, n: usize) -> Option<&mut [u8]> {
             Some(unsafe { std::slice::from_raw_parts_mut(mem.ptr.add(at), n) })
         }
         Dest::Owned(v) => Some(&mut v[at..at + n]),
-        Dest::Discard => None,
+        // Never handed to a byte stream (the sink folds those itself).
+        Dest::Fold { .. } | Dest::Discard => None,
     }
 }
 

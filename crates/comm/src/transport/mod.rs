@@ -2,13 +2,32 @@
 //! they carry frames (`wire::Header` + payload) and hand each incoming
 //! header to a [`FrameSink`], which decides where the payload goes.
 //!
-//! Only TCP exists today; a shared-memory transport would implement the
-//! same contract and plug into the I/O thread, with no algorithm changes.
+//! TCP connects every pair; pairs on one host also get a shared-memory
+//! link (`shm`) that carries their data frames, while TCP stays their
+//! control channel. Algorithms see no difference.
 
 pub(crate) mod inbound;
+pub(crate) mod shm;
 pub(crate) mod tcp;
 
 use crate::wire::Header;
+
+/// How two ranks exchange data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    /// Shared memory (ranks on one host); TCP still carries heartbeats.
+    Shm,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Shm => "shm",
+        })
+    }
+}
 
 /// Raw destination memory owned by a posted receive. The engine guarantees
 /// it stays valid until the receive completes or is purged.
@@ -34,6 +53,12 @@ unsafe impl Send for RawConst {}
 pub(crate) enum Dest {
     /// Straight into the memory of a posted receive.
     Posted { mem: RawMut, ticket: u64 },
+    /// Folded into the memory of a posted receive (shared memory only).
+    Fold {
+        mem: RawMut,
+        ticket: u64,
+        fold: crate::dtype::Fold,
+    },
     /// Nobody asked yet: kept until someone does.
     Owned(Vec<u8>),
     /// Read and dropped (heartbeats, frames after a failure).
@@ -81,7 +106,9 @@ pub(crate) struct OutFrame {
 
 /// The receiving side's matching logic, as seen by a transport.
 pub(crate) trait FrameSink {
-    fn on_header(&mut self, peer: usize, header: &Header) -> Dest;
+    /// `folds`: the transport can fold a payload into its destination
+    /// as it arrives (`Dest::Fold`).
+    fn on_header(&mut self, peer: usize, header: &Header, folds: bool) -> Dest;
     fn on_payload(&mut self, peer: usize, header: Header, dest: Dest);
     /// A whole frame that is already in memory (the common small case):
     /// one call instead of two.

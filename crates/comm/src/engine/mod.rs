@@ -8,16 +8,20 @@
 //! Any failure poisons the engine: every pending and later call reports it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 use crate::bootstrap::Tuning;
+use crate::dtype::Fold;
 use crate::error::{CommError, Result};
 use crate::progress::{CALLER_READ_MAX, Reader};
 use crate::transport::inbound::Inbound;
+use crate::transport::shm::ShmLink;
 use crate::transport::{OutFrame, Payload, RawConst, RawMut};
 use crate::wire::{FrameKind, Header, Key, OpDesc};
+
+mod shm;
 
 /// Sends up to this size are copied at once, so the caller never waits for
 /// them (and two ranks sending to each other never block each other).
@@ -26,6 +30,8 @@ const INLINE_SEND_MAX: usize = 64 * 1024;
 pub(crate) struct Posted {
     pub mem: RawMut,
     pub ticket: u64,
+    /// Fold the payload into `mem` rather than copy it.
+    pub fold: Option<Fold>,
 }
 
 pub(crate) struct State {
@@ -71,10 +77,15 @@ pub(crate) struct Shared {
     pub inbound: OnceLock<Vec<Option<Arc<Inbound>>>>,
     /// Keeps the poller open as long as `inbound` may change registrations.
     pub registry: OnceLock<mio::Registry>,
+    /// Each same-host peer's shared-memory link (None: TCP).
+    pub shm: Vec<Option<Arc<ShmLink>>>,
+    /// Bumped by every `notify`, so a spinning caller sees that something
+    /// was published without taking the lock.
+    pub events: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(waker: mio::Waker, me: usize, world: usize) -> Self {
+    pub fn new(waker: mio::Waker, me: usize, world: usize, shm: Vec<Option<Arc<ShmLink>>>) -> Self {
         Shared {
             state: Mutex::new(State {
                 next_ticket: 1,
@@ -100,7 +111,14 @@ impl Shared {
             me,
             inbound: OnceLock::new(),
             registry: OnceLock::new(),
+            shm,
+            events: AtomicU64::new(0),
         }
+    }
+
+    /// The shared-memory link to `peer`, if it has one.
+    pub fn link(&self, peer: usize) -> Option<&Arc<ShmLink>> {
+        self.shm.get(peer).and_then(Option::as_ref)
     }
 
     /// A poisoned mutex means a thread panicked while holding it; the state
@@ -112,6 +130,7 @@ impl Shared {
     /// Wakes every caller waiting for a completion or a failure (call with
     /// the state locked, after changing it).
     pub fn notify(&self, st: &State) {
+        self.events.fetch_add(1, Ordering::Release);
         for &fd in &st.pollers {
             crate::progress::signal(fd);
         }
@@ -142,6 +161,15 @@ impl Shared {
         for c in self.inbound.get().into_iter().flatten().flatten() {
             let _ = c.rearm_if_idle(std::time::Duration::ZERO);
         }
+        let mut rearmed = false;
+        for l in self.shm.iter().flatten() {
+            rearmed |= !l.io_reads() && !l.rearm_if_idle(std::time::Duration::ZERO);
+        }
+        // Bytes that came while callers held a ring woke nobody, and
+        // frames queued for a ring wait for someone to move them.
+        if rearmed || self.shm.iter().flatten().any(|l| l.queued()) {
+            self.wake_io();
+        }
     }
 
     pub fn wake_io(&self) {
@@ -150,6 +178,21 @@ impl Shared {
     }
 
     /// Records the first failure and lets the I/O thread purge.
+    /// Makes completions found by a caller visible, waking every other
+    /// waiter (`own` is the caller's eventfd: it is awake already).
+    pub fn publish(&self, done: &mut Vec<u64>, own: std::os::fd::RawFd) {
+        if done.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        st.completed.extend(done.drain(..));
+        self.events.fetch_add(1, Ordering::Release);
+        for &fd in st.pollers.iter().filter(|&&fd| fd != own) {
+            crate::progress::signal(fd);
+        }
+        self.notify_sleepers(&st);
+    }
+
     pub fn poison(&self, st: &mut State, err: CommError) {
         if st.error.is_none() {
             tracing::debug!("rank {}: {err}", self.me);
@@ -161,7 +204,7 @@ impl Shared {
 
     /// Waits until the I/O thread no longer references caller memory, and
     /// returns the failure.
-    fn fail(&self, mut st: MutexGuard<'_, State>) -> CommError {
+    pub fn fail(&self, mut st: MutexGuard<'_, State>) -> CommError {
         self.wake_io();
         while !st.purged {
             st = self.sleep(st);
@@ -217,6 +260,14 @@ pub(crate) struct Op<'e> {
     /// Posted receives small enough for the caller to read itself.
     small_recvs: Vec<(u64, usize)>,
     reader: Reader<'e>,
+    /// Tickets that travel through shared memory: the caller moves the
+    /// bytes itself while it waits for them.
+    shm_tickets: Vec<u64>,
+    /// Same-host peers this call receives from.
+    shm_srcs: Vec<usize>,
+    /// This call reads their incoming rings (taken from the I/O thread
+    /// while it waits on them, until it ends or sleeps elsewhere).
+    shm_holding: bool,
 }
 
 impl<'e> Op<'e> {
@@ -255,6 +306,9 @@ impl<'e> Op<'e> {
             outstanding: Vec::new(),
             small_recvs: Vec::new(),
             reader: Reader::new(shared),
+            shm_tickets: Vec::new(),
+            shm_srcs: Vec::new(),
+            shm_holding: false,
         })
     }
 
@@ -273,6 +327,39 @@ impl<'e> Op<'e> {
     /// waited for or this `Op` is dropped (both block until the I/O thread
     /// is done with it).
     pub unsafe fn recv(&mut self, src: usize, tag: u64, dst: &mut [u8]) -> Result<Ticket> {
+        // SAFETY: forwarded.
+        unsafe { self.post(src, tag, dst, None) }
+    }
+
+    /// Whether receives from `src` can fold as they arrive
+    /// ([`Op::recv_fold`]): a peer on this host.
+    pub fn folds_from(&self, src: usize) -> bool {
+        self.shared.link(src).is_some()
+    }
+
+    /// Posts a receive whose payload is folded into `dst` (dst = op(payload,
+    /// dst) per element) instead of copied. Only for `folds_from(src)`.
+    ///
+    /// # Safety
+    /// As for [`Op::recv`]; `dst` is aligned for the fold's element type.
+    pub unsafe fn recv_fold(
+        &mut self,
+        src: usize,
+        tag: u64,
+        dst: &mut [u8],
+        fold: Fold,
+    ) -> Result<Ticket> {
+        // SAFETY: forwarded.
+        unsafe { self.post(src, tag, dst, Some(fold)) }
+    }
+
+    unsafe fn post(
+        &mut self,
+        src: usize,
+        tag: u64,
+        dst: &mut [u8],
+        fold: Option<Fold>,
+    ) -> Result<Ticket> {
         let key = self.key(tag);
         let mut st = self.shared.lock();
         if st.error.is_some() {
@@ -286,7 +373,16 @@ impl<'e> Op<'e> {
                 self.shared.poison(&mut st, err);
                 return Err(self.shared.fail(st));
             }
-            dst.copy_from_slice(&data);
+            let p = Posted {
+                mem: RawMut {
+                    ptr: dst.as_mut_ptr(),
+                    len: dst.len(),
+                },
+                ticket: 0,
+                fold,
+            };
+            // SAFETY: `dst` is exactly `data.len()` bytes, ours.
+            unsafe { crate::io_thread::land(&p, &data) };
             return Ok(Ticket(0));
         }
         if st.gone[src] {
@@ -310,11 +406,22 @@ impl<'e> Op<'e> {
                     len: dst.len(),
                 },
                 ticket,
+                fold,
             },
         );
         self.outstanding.push(ticket);
         drop(st);
-        if dst.len() <= CALLER_READ_MAX {
+        if self.shared.link(src).is_some() {
+            self.shm_tickets.push(ticket);
+            if !self.shm_srcs.contains(&src) {
+                self.shm_srcs.push(src);
+                if self.shm_holding
+                    && let Some(l) = self.shared.link(src)
+                {
+                    l.hold();
+                }
+            }
+        } else if dst.len() <= CALLER_READ_MAX {
             self.small_recvs.push((ticket, src));
             self.reader.hold(src);
         }
@@ -337,6 +444,10 @@ impl<'e> Op<'e> {
         }
         .encode();
         let inline = data.len() <= INLINE_SEND_MAX;
+        if let Some(link) = self.shared.link(peer) {
+            // SAFETY: forwarded from this function's contract.
+            return unsafe { self.send_shm(link, peer, header, data, inline) };
+        }
         let mut st = self.shared.lock();
         if st.error.is_some() {
             return Err(self.shared.fail(st));
@@ -388,11 +499,16 @@ impl<'e> Op<'e> {
     }
 
     /// Blocks until `t` completes or the engine fails. Waiting for a small
-    /// receive, the caller reads the sockets itself (`progress`).
+    /// receive, the caller reads the sockets itself (`progress`); waiting
+    /// for a transfer through shared memory, it moves the bytes itself.
     pub fn wait(&mut self, t: Ticket) -> Result<()> {
         if t.0 == 0 {
             return Ok(());
         }
+        if self.shm_tickets.contains(&t.0) {
+            return self.wait_shm(t);
+        }
+        self.release_shm();
         let read_myself = self
             .small_recvs
             .iter()
@@ -436,6 +552,7 @@ impl<'e> Op<'e> {
 impl Drop for Op<'_> {
     fn drop(&mut self) {
         self.reader.release();
+        self.release_shm();
         let mut st = self.shared.lock();
         if st.sleepers > 0 {
             self.shared.rearm_idle();
