@@ -23,6 +23,10 @@ x=
 trap 'x=130' INT
 trap 'x=143' TERM
 trap 'x=129' HUP
+# With the connection gone, the shell's own report of a program killed by a
+# signal ("Terminated") meets a closed stderr; SIGPIPE must not end the
+# bootstrap before it stops the watcher below and reports the status.
+trap : PIPE
 exec 4<&0
 {
   trap "" TERM

@@ -39,7 +39,10 @@
 //! through the session's stdin, which then carries framed stdin data and
 //! signals ([`frame`]); EOF there (launcher or connection gone) stops the
 //! remote session's whole process group. Stopping a remote rank is stopping
-//! its local ssh client.
+//! its local ssh client. A remote rank's end is read as ssh reports it:
+//! status 255 is ssh's own failure (host unreachable, login refused,
+//! connection lost), 128 + N a signal N on its host, and a signal that ends
+//! the ssh client here a session lost at this end ([`RankFailure`]'s text).
 //!
 //! Linux only: it relies on signalfd, prctl and close_range.
 

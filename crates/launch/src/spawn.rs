@@ -49,10 +49,19 @@ pub(crate) fn spawn_rank(process: &mut RankProcess) -> Result<Spawned, LaunchErr
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: the closure makes only async-signal-safe calls (prctl,
-    // getppid) and allocates nothing.
+    // SAFETY: the closure makes only async-signal-safe calls (sigprocmask,
+    // prctl, getppid) on stack values and allocates nothing.
     unsafe {
         process.command.pre_exec(move || {
+            // The launcher blocks the signals it reads through its signalfd,
+            // and std's spawn passes the mask on: a rank (or its ssh client)
+            // would then ignore the SIGTERM that stops it and linger until
+            // the SIGKILL after the grace period.
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(none.as_mut_ptr());
+            if libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -418,6 +418,55 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_outlives_a_closed_stderr_to_stop_the_job() {
+        // A dropped connection closes the bootstrap's stderr too: the
+        // shell's "Terminated" report then raises SIGPIPE, which must not
+        // end the bootstrap before it has stopped everything and exited
+        // with the program's status.
+        use std::io::Write;
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let ready = std::env::temp_dir().join(format!("huddle-bootstrap-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
+        let mut j = job("h");
+        // Only a program that is running gets the shell's report.
+        let program = format!("touch '{}'; exec sleep 1000", ready.display());
+        j.command = vec!["sh".into(), "-c".into(), program.into()];
+        let setup = "huddle_grace=1\n";
+        let mut child = Command::new("sh")
+            .process_group(0)
+            .arg("-c")
+            .arg(std::ffi::OsStr::from_bytes(&j.remote_command()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{}\n{}", setup.len(), setup).as_bytes())
+            .unwrap();
+        drop(child.stderr.take());
+        let start = std::time::Instant::now();
+        while !ready.exists() {
+            assert!(start.elapsed().as_secs() < 120, "program never started");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&ready);
+        drop(stdin);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait()));
+        let status = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("bootstrap hung")
+            .unwrap();
+        assert_eq!(
+            (status.code(), status.signal()),
+            (Some(128 + 15), None),
+            "{status}"
+        );
+    }
+
+    #[test]
     fn bootstrap_delivers_signal_frames() {
         let frame = crate::stdin::frame::signal("INT");
         assert_eq!(
