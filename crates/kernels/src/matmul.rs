@@ -7,7 +7,7 @@ use half::f16;
 
 use crate::activations::{ActivationData, ActivationType, Activations};
 use crate::block::{Block, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, cast_blocks};
-use crate::dot::{Dot2, Kernels};
+use crate::dot::{Dot4, Kernels};
 use crate::error::KernelError;
 use crate::pool::ThreadPool;
 
@@ -189,7 +189,7 @@ impl OutPtr {
 /// One weight format's kernels for [`run`].
 struct RowKernels<W, A> {
     dot: fn(&[W], &[A]) -> f32,
-    dot2: Option<Dot2<W, A>>,
+    dot4: Dot4<W, A>,
 }
 
 /// A `[rows, row_len]` matrix stored as one slice.
@@ -204,6 +204,10 @@ impl<T> Rows<'_, T> {
     }
 }
 
+/// Activation rows a task keeps hot in L1 while its weight rows pass over
+/// them (a multiple of 4, the rows per `dot4` call).
+const ACT_TILE: usize = 16;
+
 fn run<W: Sync, A: Sync>(
     pool: &ThreadPool,
     w: Rows<'_, W>,
@@ -214,25 +218,25 @@ fn run<W: Sync, A: Sync>(
     k: RowKernels<W, A>,
 ) {
     let out = OutPtr(out.as_mut_ptr());
-    // Activation rows taken two at a time where a two-row kernel exists.
-    let pairs = if k.dot2.is_some() { m / 2 } else { 0 };
+    // SAFETY (every write): i < m, j < n and out.len() == m * n (checked
+    // by `matmul`); each j belongs to exactly one task.
+    let put = |i: usize, j: usize, v: f32| unsafe { *out.at(i * n + j) = v };
     pool.parallel_for(n, chunk_rows(n, pool.threads()), |rows| {
-        for j in rows {
-            let wr = w.row(j);
-            // SAFETY (every write): i < m, j < n and out.len() == m * n
-            // (checked by `matmul`); each j belongs to exactly one task.
-            if let Some(dot2) = k.dot2 {
-                for p in 0..pairs {
-                    let (v0, v1) = dot2(wr, a.row(2 * p), a.row(2 * p + 1));
-                    unsafe {
-                        *out.at(2 * p * n + j) = v0;
-                        *out.at((2 * p + 1) * n + j) = v1;
+        for tile in (0..m).step_by(ACT_TILE) {
+            let end = (tile + ACT_TILE).min(m);
+            for j in rows.clone() {
+                let wr = w.row(j);
+                let mut i = tile;
+                while i + 4 <= end {
+                    let v = (k.dot4)(wr, [a.row(i), a.row(i + 1), a.row(i + 2), a.row(i + 3)]);
+                    for (r, v) in v.into_iter().enumerate() {
+                        put(i + r, j, v);
                     }
+                    i += 4;
                 }
-            }
-            for i in 2 * pairs..m {
-                let v = (k.dot)(wr, a.row(i));
-                unsafe { *out.at(i * n + j) = v };
+                for i in i..end {
+                    put(i, j, (k.dot)(wr, a.row(i)));
+                }
             }
         }
     });
@@ -284,7 +288,7 @@ pub fn matmul_with(
         (WeightData::F32(w), ActivationData::F32(a)) => {
             let kern = RowKernels {
                 dot: kernels.f32_f32,
-                dot2: None,
+                dot4: kernels.f32_f32_x4,
             };
             run(
                 pool,
@@ -305,7 +309,7 @@ pub fn matmul_with(
         (WeightData::F16(w), ActivationData::F32(a)) => {
             let kern = RowKernels {
                 dot: kernels.f16_f32,
-                dot2: None,
+                dot4: kernels.f16_f32_x4,
             };
             run(
                 pool,
@@ -326,7 +330,7 @@ pub fn matmul_with(
         (WeightData::Q4_0(w), ActivationData::Q8_0(a)) => {
             let kern = RowKernels {
                 dot: kernels.q4_0_q8_0,
-                dot2: kernels.q4_0_q8_0_x2,
+                dot4: kernels.q4_0_q8_0_x4,
             };
             run(
                 pool,
@@ -347,7 +351,7 @@ pub fn matmul_with(
         (WeightData::Q8_0(w), ActivationData::Q8_0(a)) => {
             let kern = RowKernels {
                 dot: kernels.q8_0_q8_0,
-                dot2: kernels.q8_0_q8_0_x2,
+                dot4: kernels.q8_0_q8_0_x4,
             };
             run(
                 pool,
@@ -368,7 +372,7 @@ pub fn matmul_with(
         (WeightData::Q4_1(w), ActivationData::Q8_1(a)) => {
             let kern = RowKernels {
                 dot: kernels.q4_1_q8_1,
-                dot2: kernels.q4_1_q8_1_x2,
+                dot4: kernels.q4_1_q8_1_x4,
             };
             run(
                 pool,
@@ -389,7 +393,7 @@ pub fn matmul_with(
         (WeightData::Q4K(w), ActivationData::Q8K(a)) => {
             let kern = RowKernels {
                 dot: kernels.q4_k_q8_k,
-                dot2: None,
+                dot4: kernels.q4_k_q8_k_x4,
             };
             run(
                 pool,
@@ -410,7 +414,7 @@ pub fn matmul_with(
         (WeightData::Q6K(w), ActivationData::Q8K(a)) => {
             let kern = RowKernels {
                 dot: kernels.q6_k_q8_k,
-                dot2: None,
+                dot4: kernels.q6_k_q8_k_x4,
             };
             run(
                 pool,

@@ -230,32 +230,106 @@ fn float_paths_match_f64_for_every_length() {
     }
 }
 
+/// A one-row dot product, picked from a kernel table.
+type OneRow<W, A> = fn(&[W], &[A]) -> f32;
+
+/// Four rows through `x4` against each row alone through the one-row
+/// function: bit-identical, so a row's product does not depend on the
+/// rows beside it; and within float tolerance of the scalar reference.
+fn four_rows_match<W, A>(
+    name: &str,
+    w: &[W],
+    rows: &[Vec<A>; 4],
+    x4: fn(&Kernels) -> huddle_kernels::dot::Dot4<W, A>,
+    one: fn(&Kernels) -> OneRow<W, A>,
+    mag: f32,
+) {
+    let refs = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+    for k in Isa::supported().into_iter().filter_map(Kernels::for_isa) {
+        let got = x4(&k)(w, refs);
+        for (r, row) in rows.iter().enumerate() {
+            let alone = one(&k)(w, row);
+            assert_eq!(
+                got[r].to_bits(),
+                alone.to_bits(),
+                "{name} {} row {r}: {} in four vs {alone} alone",
+                k.isa.name(),
+                got[r]
+            );
+            assert_close(
+                &format!("{name} {} row {r} vs scalar", k.isa.name()),
+                got[r],
+                one(&scalar())(w, row),
+                mag,
+            );
+        }
+    }
+}
+
 #[test]
-fn two_row_paths_match_two_single_row_calls() {
+fn four_row_paths_equal_single_row_calls_bit_for_bit() {
     let mut rng = rng(8);
     for nb in SMALL_BLOCKS {
-        let (ya, yb) = (floats(&mut rng, nb * 32), floats(&mut rng, nb * 32));
+        let ys: [Vec<f32>; 4] = std::array::from_fn(|_| floats(&mut rng, nb * 32));
         let mag = nb as f32 * 32.0 * 0.05;
-        for k in Isa::supported().into_iter().filter_map(Kernels::for_isa) {
-            let name = |t: &str| format!("{t} {} {nb} blocks", k.isa.name());
-            if let Some(dot2) = k.q4_0_q8_0_x2 {
-                let (w, a, b) = (random_q4_0(&mut rng, nb), q8_0_of(&ya), q8_0_of(&yb));
-                let (r0, r1) = dot2(&w, &a, &b);
-                assert_close(&name("q4_0 row 0"), r0, (scalar().q4_0_q8_0)(&w, &a), mag);
-                assert_close(&name("q4_0 row 1"), r1, (scalar().q4_0_q8_0)(&w, &b), mag);
-            }
-            if let Some(dot2) = k.q4_1_q8_1_x2 {
-                let (w, a, b) = (random_q4_1(&mut rng, nb), q8_1_of(&ya), q8_1_of(&yb));
-                let (r0, r1) = dot2(&w, &a, &b);
-                assert_close(&name("q4_1 row 0"), r0, (scalar().q4_1_q8_1)(&w, &a), mag);
-                assert_close(&name("q4_1 row 1"), r1, (scalar().q4_1_q8_1)(&w, &b), mag);
-            }
-            if let Some(dot2) = k.q8_0_q8_0_x2 {
-                let (w, a, b) = (random_q8_0(&mut rng, nb), q8_0_of(&ya), q8_0_of(&yb));
-                let (r0, r1) = dot2(&w, &a, &b);
-                assert_close(&name("q8_0 row 0"), r0, (scalar().q8_0_q8_0)(&w, &a), mag);
-                assert_close(&name("q8_0 row 1"), r1, (scalar().q8_0_q8_0)(&w, &b), mag);
-            }
-        }
+        let w = random_q4_0(&mut rng, nb);
+        four_rows_match(
+            &format!("q4_0 {nb} blocks"),
+            &w,
+            &ys.clone().map(|y| q8_0_of(&y)),
+            |k| k.q4_0_q8_0_x4,
+            |k| k.q4_0_q8_0,
+            mag,
+        );
+        let w = random_q4_1(&mut rng, nb);
+        four_rows_match(
+            &format!("q4_1 {nb} blocks"),
+            &w,
+            &ys.clone().map(|y| q8_1_of(&y)),
+            |k| k.q4_1_q8_1_x4,
+            |k| k.q4_1_q8_1,
+            mag,
+        );
+        let w = random_q8_0(&mut rng, nb);
+        four_rows_match(
+            &format!("q8_0 {nb} blocks"),
+            &w,
+            &ys.clone().map(|y| q8_0_of(&y)),
+            |k| k.q8_0_q8_0_x4,
+            |k| k.q8_0_q8_0,
+            mag,
+        );
+        let w: Vec<f16> = ys[0].iter().map(|v| f16::from_f32(v * 0.5)).collect();
+        four_rows_match(
+            &format!("f16 {} columns", nb * 32),
+            &w,
+            &ys,
+            |k| k.f16_f32_x4,
+            |k| k.f16_f32,
+            mag,
+        );
+    }
+    for nb in K_BLOCKS {
+        let ys: [Vec<f32>; 4] = std::array::from_fn(|_| floats(&mut rng, nb * 256));
+        let mag = nb as f32 * 256.0 * 0.05;
+        let acts = ys.clone().map(|y| q8_k_of(&y));
+        let w = random_q4_k(&mut rng, nb);
+        four_rows_match(
+            &format!("q4_k {nb} blocks"),
+            &w,
+            &acts,
+            |k| k.q4_k_q8_k_x4,
+            |k| k.q4_k_q8_k,
+            mag,
+        );
+        let w = random_q6_k(&mut rng, nb);
+        four_rows_match(
+            &format!("q6_k {nb} blocks"),
+            &w,
+            &acts,
+            |k| k.q6_k_q8_k_x4,
+            |k| k.q6_k_q8_k,
+            mag,
+        );
     }
 }

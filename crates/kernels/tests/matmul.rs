@@ -198,3 +198,38 @@ fn mismatched_inputs_are_typed_errors() {
         Err(KernelError::Size { .. })
     ));
 }
+
+#[test]
+fn each_row_of_a_product_equals_that_row_alone_bit_for_bit() {
+    // Rows come in fours and tiles of 16; 37 rows exercise both remainders.
+    let (m, n) = (37, 24);
+    let pool = ThreadPool::new(3);
+    for (t, ty) in TYPES.into_iter().enumerate() {
+        let k = 3 * min_cols(ty);
+        let mut rng = rng(200 + t as u64);
+        let words = weight_bytes(&mut rng, ty, n, k).expect("whole blocks");
+        let len = ty.row_bytes(k).expect("whole blocks") * n;
+        let weights = Weights::from_bytes(ty, as_bytes(&words, len), n, k).expect("weights");
+        let x = floats(&mut rng, m * k);
+        for kernels in Isa::supported().into_iter().filter_map(Kernels::for_isa) {
+            let mut acts = Activations::new();
+            acts.quantize(ty.activation_type(), &x, m, k).expect("acts");
+            let mut all = vec![0.0; m * n];
+            matmul_with(&kernels, &pool, &weights, &acts, &mut all).expect("matmul");
+            for i in 0..m {
+                acts.quantize(ty.activation_type(), &x[i * k..(i + 1) * k], 1, k)
+                    .expect("acts");
+                let mut one = vec![0.0; n];
+                matmul_with(&kernels, &pool, &weights, &acts, &mut one).expect("matmul");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&all[i * n..(i + 1) * n]),
+                    bits(&one),
+                    "{} {} row {i}",
+                    ty.name(),
+                    kernels.isa.name()
+                );
+            }
+        }
+    }
+}

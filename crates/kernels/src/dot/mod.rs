@@ -5,7 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx2_rows2;
+mod avx2_rows;
 pub mod scalar;
 
 use std::sync::OnceLock;
@@ -77,15 +77,20 @@ pub struct Kernels {
     pub q6_k_q8_k: fn(&[BlockQ6K], &[BlockQ8K]) -> f32,
     pub f32_f32: fn(&[f32], &[f32]) -> f32,
     pub f16_f32: fn(&[f16], &[f32]) -> f32,
-    /// One weight row against two activation rows, where a path has one:
-    /// prompts unpack each weight block once for two rows.
-    pub q4_0_q8_0_x2: Option<Dot2<BlockQ4_0, BlockQ8_0>>,
-    pub q4_1_q8_1_x2: Option<Dot2<BlockQ4_1, BlockQ8_1>>,
-    pub q8_0_q8_0_x2: Option<Dot2<BlockQ8_0, BlockQ8_0>>,
+    /// One weight row against four activation rows (prompts): each result
+    /// is bit-identical to the one-row function's on that row, so a row's
+    /// product never depends on the rows that came with it.
+    pub q4_0_q8_0_x4: Dot4<BlockQ4_0, BlockQ8_0>,
+    pub q4_1_q8_1_x4: Dot4<BlockQ4_1, BlockQ8_1>,
+    pub q8_0_q8_0_x4: Dot4<BlockQ8_0, BlockQ8_0>,
+    pub q4_k_q8_k_x4: Dot4<BlockQ4K, BlockQ8K>,
+    pub q6_k_q8_k_x4: Dot4<BlockQ6K, BlockQ8K>,
+    pub f32_f32_x4: Dot4<f32, f32>,
+    pub f16_f32_x4: Dot4<f16, f32>,
 }
 
-/// A dot product of one weight row with two activation rows.
-pub type Dot2<W, A> = fn(&[W], &[A], &[A]) -> (f32, f32);
+/// A dot product of one weight row with four activation rows.
+pub type Dot4<W, A> = fn(&[W], [&[A]; 4]) -> [f32; 4];
 
 const SCALAR: Kernels = Kernels {
     isa: Isa::Scalar,
@@ -96,9 +101,13 @@ const SCALAR: Kernels = Kernels {
     q6_k_q8_k: scalar::vec_dot_q6_k_q8_k,
     f32_f32: scalar::vec_dot_f32,
     f16_f32: scalar::vec_dot_f16_f32,
-    q4_0_q8_0_x2: None,
-    q4_1_q8_1_x2: None,
-    q8_0_q8_0_x2: None,
+    q4_0_q8_0_x4: |x, ys| ys.map(|y| scalar::vec_dot_q4_0_q8_0(x, y)),
+    q4_1_q8_1_x4: |x, ys| ys.map(|y| scalar::vec_dot_q4_1_q8_1(x, y)),
+    q8_0_q8_0_x4: |x, ys| ys.map(|y| scalar::vec_dot_q8_0_q8_0(x, y)),
+    q4_k_q8_k_x4: |x, ys| ys.map(|y| scalar::vec_dot_q4_k_q8_k(x, y)),
+    q6_k_q8_k_x4: |x, ys| ys.map(|y| scalar::vec_dot_q6_k_q8_k(x, y)),
+    f32_f32_x4: |x, ys| ys.map(|y| scalar::vec_dot_f32(x, y)),
+    f16_f32_x4: |x, ys| ys.map(|y| scalar::vec_dot_f16_f32(x, y)),
 };
 
 // SAFETY (every closure below): `Kernels::for_isa` hands this table out
@@ -106,16 +115,21 @@ const SCALAR: Kernels = Kernels {
 #[cfg(target_arch = "x86_64")]
 const AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
-    q4_0_q8_0: |x, y| unsafe { avx2::vec_dot_q4_0_q8_0(x, y) },
-    q4_1_q8_1: |x, y| unsafe { avx2::vec_dot_q4_1_q8_1(x, y) },
-    q8_0_q8_0: |x, y| unsafe { avx2::vec_dot_q8_0_q8_0(x, y) },
-    q4_k_q8_k: |x, y| unsafe { avx2::vec_dot_q4_k_q8_k(x, y) },
-    q6_k_q8_k: |x, y| unsafe { avx2::vec_dot_q6_k_q8_k(x, y) },
+    q4_0_q8_0: |x, y| unsafe { avx2_rows::dot_q4_0_q8_0(x, [y])[0] },
+    q4_1_q8_1: |x, y| unsafe { avx2_rows::dot_q4_1_q8_1(x, [y])[0] },
+    q8_0_q8_0: |x, y| unsafe { avx2_rows::dot_q8_0_q8_0(x, [y])[0] },
+    q4_k_q8_k: |x, y| unsafe { avx2_rows::dot_q4_k_q8_k(x, [y])[0] },
+    q6_k_q8_k: |x, y| unsafe { avx2_rows::dot_q6_k_q8_k(x, [y])[0] },
     f32_f32: |x, y| unsafe { avx2::vec_dot_f32(x, y) },
     f16_f32: |x, y| unsafe { avx2::vec_dot_f16_f32(x, y) },
-    q4_0_q8_0_x2: Some(|x, a, b| unsafe { avx2_rows2::vec_dot2_q4_0_q8_0(x, a, b) }),
-    q4_1_q8_1_x2: Some(|x, a, b| unsafe { avx2_rows2::vec_dot2_q4_1_q8_1(x, a, b) }),
-    q8_0_q8_0_x2: Some(|x, a, b| unsafe { avx2_rows2::vec_dot2_q8_0_q8_0(x, a, b) }),
+    q4_0_q8_0_x4: |x, ys| unsafe { avx2_rows::dot_q4_0_q8_0(x, ys) },
+    q4_1_q8_1_x4: |x, ys| unsafe { avx2_rows::dot_q4_1_q8_1(x, ys) },
+    q8_0_q8_0_x4: |x, ys| unsafe { avx2_rows::dot_q8_0_q8_0(x, ys) },
+    q4_k_q8_k_x4: |x, ys| unsafe { avx2_rows::dot_q4_k_q8_k(x, ys) },
+    q6_k_q8_k_x4: |x, ys| unsafe { avx2_rows::dot_q6_k_q8_k(x, ys) },
+    // Float rows stream straight from L1 either way: four one-row calls.
+    f32_f32_x4: |x, ys| ys.map(|y| unsafe { avx2::vec_dot_f32(x, y) }),
+    f16_f32_x4: |x, ys| ys.map(|y| unsafe { avx2::vec_dot_f16_f32(x, y) }),
 };
 
 impl Kernels {
