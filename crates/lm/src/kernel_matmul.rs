@@ -1,7 +1,10 @@
 //! Quantized matrix products on huddle-kernels instead of candle's CPU
-//! `QMatMul` (whose Q4_1 dot product is scalar): the GGUF block bytes are
-//! borrowed from candle's `QTensor` in place, activations are quantized
-//! once per call, and rows are split over one process-wide [`ThreadPool`].
+//! `QMatMul` (whose Q4_1 dot product is scalar), for decode steps and
+//! prompts alike: the GGUF block bytes are borrowed from candle's `QTensor`
+//! in place, activations are quantized once per input (shared by the
+//! layers that read it, [`forward_many`]), and rows are split over one
+//! process-wide [`ThreadPool`]. Each output row is computed by the same
+//! arithmetic whatever rows come with it, so chunking never changes logits.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -50,7 +53,7 @@ fn pool_threads() -> usize {
 /// One pool per process, created on first use so it sees the thread count
 /// that `main` configured. Ranks running as threads of one process share
 /// it; a call made while it is busy runs inline on the caller.
-fn pool() -> &'static ThreadPool {
+pub(crate) fn pool() -> &'static ThreadPool {
     static POOL: OnceLock<ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
         let threads = pool_threads();
@@ -71,61 +74,63 @@ fn kernel_err(what: &str, e: impl std::fmt::Display) -> candle_core::Error {
 /// `x[..., k] @ q[n, k]^T` into a new `[..., n]` f32 tensor (one output
 /// allocation per call). `q` must pass [`supports`].
 pub fn forward(q: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
-    let ty = weight_type(q.dtype())
-        .ok_or_else(|| kernel_err("weight format", format!("{:?}", q.dtype())))?;
-    let (n, k) = q.shape().dims2()?;
+    forward_many(&[q], x)?
+        .pop()
+        .ok_or_else(|| kernel_err("product", "no output"))
+}
+
+/// [`forward`] for several weights reading the same input (q, k and v;
+/// gate and up): `x` is quantized once for all of them (once per
+/// activation format where their formats differ).
+pub fn forward_many(qs: &[&QTensor], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
     let dims = x.dims();
-    if dims.last().copied() != Some(k) {
-        return Err(kernel_err(
-            "shape",
-            format!("input {dims:?} does not end in weight width {k}"),
-        ));
-    }
+    let k = dims.last().copied().unwrap_or(0);
     let m = x.elem_count() / k.max(1);
     let x = x.to_dtype(DType::F32)?.contiguous()?;
-    let bytes = q.data()?;
-    let weights = Weights::from_bytes(ty, &bytes, n, k).map_err(|e| kernel_err("weights", e))?;
-    // The kernels take activation rows in pairs and an odd last row alone,
-    // which rounds differently: a prompt row's result would depend on how
-    // the prompt was chunked. Several rows are padded to an even count so
-    // each goes through the pair kernel; one row (decode) stays single.
-    let rows = if m > 1 && !m.is_multiple_of(2) {
-        m + 1
-    } else {
-        m
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(kernel_err("input", "not on the CPU"));
     };
-    let mut out = vec![0f32; rows * n];
-    {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            return Err(kernel_err("input", "not on the CPU"));
-        };
-        let start = layout.start_offset();
-        let xs = cpu
-            .as_slice::<f32>()?
-            .get(start..start + m * k)
-            .ok_or_else(|| kernel_err("input", "storage shorter than its shape"))?;
-        ACTS.with(|acts| -> candle_core::Result<()> {
-            let mut acts = acts.borrow_mut();
-            let quantized = if rows == m {
+    let start = layout.start_offset();
+    let xs = cpu
+        .as_slice::<f32>()?
+        .get(start..start + m * k)
+        .ok_or_else(|| kernel_err("input", "storage shorter than its shape"))?;
+    ACTS.with(|acts| {
+        let mut acts = acts.borrow_mut();
+        let mut quantized = None;
+        let mut outs = Vec::with_capacity(qs.len());
+        for q in qs {
+            let ty = weight_type(q.dtype())
+                .ok_or_else(|| kernel_err("weight format", format!("{:?}", q.dtype())))?;
+            let (n, width) = q.shape().dims2()?;
+            if width != k {
+                return Err(kernel_err(
+                    "shape",
+                    format!("input {dims:?} does not end in weight width {width}"),
+                ));
+            }
+            if quantized != Some(ty.activation_type()) {
                 acts.quantize(ty.activation_type(), xs, m, k)
-            } else {
-                let mut padded = Vec::with_capacity(rows * k);
-                padded.extend_from_slice(xs);
-                padded.resize(rows * k, 0.0);
-                acts.quantize(ty.activation_type(), &padded, rows, k)
-            };
-            quantized.map_err(|e| kernel_err("activations", e))?;
+                    .map_err(|e| kernel_err("activations", e))?;
+                quantized = Some(ty.activation_type());
+            }
+            let bytes = q.data()?;
+            let weights =
+                Weights::from_bytes(ty, &bytes, n, k).map_err(|e| kernel_err("weights", e))?;
+            // Each row's result is the same whatever rows come with it (the
+            // kernels' row invariance), so a prompt in pieces matches it whole.
+            let mut out = vec![0f32; m * n];
             huddle_kernels::matmul(pool(), &weights, &acts, &mut out)
-                .map_err(|e| kernel_err("product", e))
-        })?;
-    }
-    out.truncate(m * n);
-    let mut out_dims = dims.to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = n;
-    }
-    Tensor::from_vec(out, out_dims, x.device())
+                .map_err(|e| kernel_err("product", e))?;
+            let mut out_dims = dims.to_vec();
+            if let Some(last) = out_dims.last_mut() {
+                *last = n;
+            }
+            outs.push(Tensor::from_vec(out, out_dims, x.device())?);
+        }
+        Ok(outs)
+    })
 }
 
 #[cfg(test)]
@@ -195,6 +200,27 @@ mod tests {
                 whole.to_vec2::<f32>().unwrap(),
                 chunked.to_vec2::<f32>().unwrap(),
                 "{dtype:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_input_products_equal_separate_ones() {
+        let x = Tensor::randn(0f32, 1., (5, 256), &Device::Cpu).unwrap();
+        let qs: Vec<QTensor> = [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q6K]
+            .into_iter()
+            .map(|d| {
+                let w = Tensor::randn(0f32, 1., (24, 256), &Device::Cpu).unwrap();
+                QTensor::quantize(&w, d).unwrap()
+            })
+            .collect();
+        let refs: Vec<&QTensor> = qs.iter().collect();
+        let many = forward_many(&refs, &x).unwrap();
+        for (q, got) in qs.iter().zip(&many) {
+            let alone = forward(q, &x).unwrap();
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                alone.to_vec2::<f32>().unwrap()
             );
         }
     }

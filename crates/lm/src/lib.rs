@@ -5,8 +5,10 @@
 //! Every linear layer is built so that it can be split across ranks later;
 //! nothing here allocates per generated token beyond what candle needs.
 
+pub mod comm_stats;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod kernel_matmul;
 pub mod kv_cache;
 pub mod linear;
@@ -29,8 +31,10 @@ pub mod tokenizer;
 
 pub use chat::ChatSession;
 pub use chat_template::{ChatTemplate, Message};
+pub use comm_stats::CommStats;
 pub use error::LmError;
 pub use generate::{FinishReason, GenerateOptions, Generation, Generator, generate};
 pub use model::{LoadOptions, Logits, Model, ModelInfo, Quantize, sharded_load};
+pub use pp::PipelineSplit;
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -243,14 +243,7 @@ impl Linear {
     /// `x`: `[..., in]`, contiguous, f32. Returns `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
-            // Decode rows only for now: with the kernels, a chunked prompt's
-            // logits drift from the whole prompt's (~0.07 on SmolLM2, cause
-            // not yet found; each product alone is chunk-invariant), while
-            // candle's prompt path stays bit-identical.
-            LinearWeight::Quantized(QMatMul::QTensor(q))
-                if kernel_matmul::supports(q)
-                    && x.elem_count() == x.dims().last().copied().unwrap_or(0) =>
-            {
+            LinearWeight::Quantized(QMatMul::QTensor(q)) if kernel_matmul::supports(q) => {
                 kernel_matmul::forward(q, x)?
             }
             LinearWeight::Quantized(q) => q.forward(x)?,
@@ -270,6 +263,33 @@ impl Linear {
                 }
             }
         };
+        self.finish(y)
+    }
+
+    /// Several layers over the same input (q, k, v; gate, up): when all of
+    /// them run on huddle-kernels, `x` is quantized once for all.
+    pub fn forward_all(layers: &[&Linear], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let kernel_weights: Option<Vec<&QTensor>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                LinearWeight::Quantized(QMatMul::QTensor(q)) if kernel_matmul::supports(q) => {
+                    Some(q.as_ref())
+                }
+                _ => None,
+            })
+            .collect();
+        match kernel_weights {
+            Some(qs) => kernel_matmul::forward_many(&qs, x)?
+                .into_iter()
+                .zip(layers)
+                .map(|(y, l)| l.finish(y))
+                .collect(),
+            None => layers.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+
+    /// The sum over the tensor group (sharded-to-all), then the bias.
+    fn finish(&self, y: Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.reduce {
             Some(group) => all_sum_in_place(y, group)?,
             None => y,

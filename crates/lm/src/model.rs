@@ -7,12 +7,13 @@ use candle_core::Tensor;
 
 use huddle_comm::Group;
 
+use crate::comm_stats::{self, CommStats};
 use crate::config::{GgufMeta, HfConfig, TransformerConfig, eos_from_json};
 use crate::engine::Step;
 use crate::error::LmError;
 use crate::kv_cache::{KEEP, KvCache};
 use crate::models::{self, decoder::Decoder};
-use crate::pp::Crew;
+use crate::pp::{self, Crew, PipelineSplit, Stage};
 use crate::weights::Loader;
 use crate::weights::gguf::GgufSource;
 use crate::weights::safetensors::SafetensorsSource;
@@ -34,6 +35,8 @@ pub struct LoadOptions {
     pub max_kv_size: Option<usize>,
     /// Progress bar on stderr (bytes and tensors mapped).
     pub progress: bool,
+    /// How a pipeline's layers are divided among its stages.
+    pub pipeline_split: PipelineSplit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,11 @@ pub struct Model {
     info: ModelInfo,
     /// The ranks the model is split over, when more than one.
     crew: Option<Crew>,
+    /// This thread's communication counts when the model was loaded.
+    comm_base: CommStats,
+    /// Communication of one-token steps (decoding), and how many ran.
+    decode_comm: CommStats,
+    decode_steps: u64,
 }
 
 impl Model {
@@ -134,6 +142,9 @@ impl Model {
             kv,
             info,
             crew,
+            comm_base: comm_stats::thread_total(),
+            decode_comm: CommStats::default(),
+            decode_steps: 0,
         })
     }
 
@@ -155,9 +166,20 @@ impl Model {
                 tokens: tokens.to_vec(),
                 logits,
             };
+            let before = comm_stats::thread_total();
             crew.announce(&step)?;
+            let out = self.decoder.forward(tokens, &mut self.kv, logits);
+            self.count_step(tokens.len(), before);
+            return out;
         }
         self.decoder.forward(tokens, &mut self.kv, logits)
+    }
+
+    fn count_step(&mut self, tokens: usize, before: CommStats) {
+        if tokens == 1 {
+            self.decode_comm = self.decode_comm + (comm_stats::thread_total() - before);
+            self.decode_steps += 1;
+        }
     }
 
     /// A non-zero rank's side of the engine loop: runs every step rank 0
@@ -173,7 +195,10 @@ impl Model {
         loop {
             match crew.receive()? {
                 Step::Forward { tokens, logits } => {
-                    match self.decoder.forward(&tokens, &mut self.kv, logits) {
+                    let before = comm_stats::thread_total();
+                    let result = self.decoder.forward(&tokens, &mut self.kv, logits);
+                    self.count_step(tokens.len(), before);
+                    match result {
                         Ok(_) => {}
                         Err(e @ (LmError::Comm(_) | LmError::StageFailed { .. })) => {
                             return Err(e);
@@ -192,6 +217,27 @@ impl Model {
         self.crew
             .as_ref()
             .map_or((0, 1), |c| (c.tensor.rank(), c.tensor.size()))
+    }
+
+    /// Global indices of the layers this rank runs.
+    pub fn layers(&self) -> std::ops::Range<usize> {
+        self.decoder.stage().layers.clone()
+    }
+
+    /// This rank's communication since the model was loaded (all zero on
+    /// one rank). Counted on the thread that drives or follows the model.
+    pub fn comm_stats(&self) -> CommStats {
+        if self.crew.is_none() {
+            return CommStats::default();
+        }
+        comm_stats::thread_total() - self.comm_base
+    }
+
+    /// The communication of one-token (decode) steps only, and how many
+    /// such steps ran: the per-token cost of generation, the prompt left
+    /// out. A follower's count starts once rank 0 announced the step.
+    pub fn decode_comm_stats(&self) -> (u64, CommStats) {
+        (self.decode_steps, self.decode_comm)
     }
 
     /// This rank's pipeline stage: `(stage, stages)`.
@@ -269,6 +315,17 @@ pub fn sharded_load(
     Model::load_split(path, opts, Crew::new(pipeline_group, tensor_group))
 }
 
+/// This rank's stage of the plan every rank of the crew agrees on.
+fn plan_stage(num_layers: usize, opts: &LoadOptions, crew: &Crew) -> Result<Stage, LmError> {
+    let plan = pp::plan(
+        num_layers,
+        &opts.pipeline_split,
+        &crew.pipeline,
+        &crew.tensor,
+    )?;
+    Ok(Stage::of(&plan, crew.pipeline.rank()))
+}
+
 fn is_gguf(path: &Path) -> Result<bool, LmError> {
     use std::io::Read;
     let mut magic = [0u8; 4];
@@ -300,10 +357,11 @@ fn load_hf(dir: &Path, opts: &LoadOptions, crew: &Crew) -> Result<Loaded, LmErro
             eos.push(id);
         }
     }
+    let stage = plan_stage(cfg.num_layers, opts, crew)?;
     let source = SafetensorsSource::open_dir(dir)?;
     let mut loader =
         Loader::new(Box::new(source), opts.quantize, opts.progress).with_group(crew.tensor.clone());
-    let decoder = Decoder::load(cfg.clone(), &mut loader, &crew.pipeline)?;
+    let decoder = Decoder::load(cfg.clone(), &mut loader, &crew.pipeline, stage)?;
     loader.finish();
     Ok((cfg, decoder, eos))
 }
@@ -333,7 +391,8 @@ fn load_gguf(path: &Path, opts: &LoadOptions, crew: &Crew) -> Result<Loaded, LmE
         Loader::new(Box::new(source), opts.quantize, opts.progress).with_group(crew.tensor.clone());
     let cfg = models::config_from_gguf(&meta, &loader)?;
     let eos = meta.eos_ids();
-    let decoder = Decoder::load(cfg.clone(), &mut loader, &crew.pipeline)?;
+    let stage = plan_stage(cfg.num_layers, opts, crew)?;
+    let decoder = Decoder::load(cfg.clone(), &mut loader, &crew.pipeline, stage)?;
     loader.finish();
     Ok((cfg, decoder, eos))
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use huddle_comm::GroupBuilder;
-use huddle_lm::{LoadOptions, Model, sharded_load};
+use huddle_lm::{LoadOptions, Model, PipelineSplit, sharded_load};
 use tp_support::{SMOLLM2_TOKENS, free_addr, on_ranks, run};
 
 /// [`run`] on a world of `stages * tensor` ranks: stage-major, each stage
@@ -122,27 +122,78 @@ fn tensor_inside_stages_matches(path: &Path, tokens: &[u32], tol: f32) {
     );
     let (got, got_rest) = split_logits(path, 2, 2, tokens);
     let what = format!("{} over 2 stages x 2 tensor ranks", path.display());
-    common::assert_close(&what, &got, &want, tol);
-    common::assert_close(
-        &format!("{what}, after a rewind"),
-        &got_rest,
-        &want_rest,
-        tol,
-    );
+    tp_support::assert_matches(&what, (&got, &got_rest), (&want, &want_rest), tol);
+}
+
+fn fixture_over_2_stages_of_2_tensor_ranks(name: &str) {
+    let dir = common::fixture(name);
+    let (tokens, _) = common::expected(&dir.join("expected.safetensors"));
+    tensor_inside_stages_matches(&dir, &tokens, 1e-4);
 }
 
 #[test]
 fn llama_over_2_stages_of_2_tensor_ranks_matches_one_rank() {
-    let dir = common::fixture("llama");
-    let (tokens, _) = common::expected(&dir.join("expected.safetensors"));
-    tensor_inside_stages_matches(&dir, &tokens, 1e-4);
+    fixture_over_2_stages_of_2_tensor_ranks("llama");
+}
+
+#[test]
+fn llama3_over_2_stages_of_2_tensor_ranks_matches_one_rank() {
+    fixture_over_2_stages_of_2_tensor_ranks("llama3");
+}
+
+#[test]
+fn mistral_over_2_stages_of_2_tensor_ranks_matches_one_rank() {
+    fixture_over_2_stages_of_2_tensor_ranks("mistral");
+}
+
+#[test]
+fn qwen2_over_2_stages_of_2_tensor_ranks_matches_one_rank() {
+    fixture_over_2_stages_of_2_tensor_ranks("qwen2");
+}
+
+#[test]
+fn qwen3_over_2_stages_of_2_tensor_ranks_matches_one_rank() {
+    fixture_over_2_stages_of_2_tensor_ranks("qwen3");
 }
 
 #[test]
 fn qwen3_moe_over_2_stages_of_2_tensor_ranks_matches_one_rank() {
-    let dir = common::fixture("qwen3_moe");
-    let (tokens, _) = common::expected(&dir.join("expected.safetensors"));
-    tensor_inside_stages_matches(&dir, &tokens, 1e-4);
+    fixture_over_2_stages_of_2_tensor_ranks("qwen3_moe");
+}
+
+#[test]
+fn quantized_gguf_over_2_stages_of_2_tensor_ranks_matches_one_rank() {
+    let file = common::fixture("gguf/llama-q8_0.gguf");
+    let (tokens, _) = common::expected(&common::fixture("llama/expected.safetensors"));
+    tensor_inside_stages_matches(&file, &tokens, 2e-2);
+}
+
+/// The quantized tolerance as in tp.rs (see there for why).
+#[test]
+fn smollm2_q4_1_over_2_stages_of_2_tensor_ranks_matches_one_rank() {
+    tensor_inside_stages_matches(&common::smollm2(), &SMOLLM2_TOKENS, 4e-2);
+}
+
+/// Layers apportioned unevenly by hand run the same ops in the same order.
+#[test]
+fn uneven_explicit_stages_are_bit_identical() {
+    let path = common::smollm2();
+    let opts = LoadOptions::default();
+    let mut one = Model::load(&path, &opts).unwrap();
+    let layers = one.info().num_layers;
+    let (want, want_rest) = run(&mut one, &SMOLLM2_TOKENS);
+    let (got, got_rest) = on_ranks(2, &SMOLLM2_TOKENS, |rank, world| {
+        let opts = LoadOptions {
+            pipeline_split: PipelineSplit::Layers(vec![4, layers - 4]),
+            ..LoadOptions::default()
+        };
+        let model = sharded_load(&path, &opts, &world, &huddle_comm::Group::single()).unwrap();
+        let expect = if rank == 0 { 0..4 } else { 4..layers };
+        assert_eq!(model.layers(), expect, "rank {rank}");
+        model
+    });
+    assert_identical("SmolLM2 over stages of 4 and 26 layers", &got, &want);
+    assert_identical("SmolLM2 over 4 + 26, after a rewind", &got_rest, &want_rest);
 }
 
 #[test]

@@ -1,17 +1,21 @@
 //! Grouped-query self-attention with RoPE, optional q/k/v biases, optional
 //! per-head q/k RMSNorm (Qwen3), over the shared KV cache.
 //!
-//! Queries are grouped by the KV head they share (`[kv_heads, rep * t,
-//! head_dim]`), so the cached keys and values are used as they are, never
-//! repeated per query head.
+//! The attention itself (scores, mask, softmax, values) runs fused on the
+//! cache's own storage ([`crate::fused::attention`]): keys and values are
+//! never repeated per query head, and each query row's result does not
+//! depend on how many rows the step has.
 
 use std::ops::Range;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Layout, Tensor};
+use huddle_kernels::Kernels;
 
 use super::norm::RmsNorm;
 use crate::config::TransformerConfig;
 use crate::error::LmError;
+use crate::fused::attention::{HeadRows, Problem};
+use crate::kernel_matmul;
 use crate::kv_cache::{KvCache, Step};
 use crate::linear::{Linear, Split};
 use crate::rope::Rope;
@@ -30,18 +34,8 @@ pub struct Attention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
-    grouping: Grouping,
-}
-
-/// How this rank's query heads map onto its KV heads.
-#[derive(Debug, Clone)]
-enum Grouping {
-    /// Each KV head serves this many consecutive query heads: queries are
-    /// grouped by KV head and the cache is used as is.
-    Uniform(usize),
-    /// A tensor-parallel rank whose heads straddle GQA groups: the KV head
-    /// index of every query head, to gather keys and values per head.
-    PerHead(Tensor),
+    /// For each of this rank's query heads, its KV head among this rank's.
+    kv_of_head: Vec<usize>,
 }
 
 impl Attention {
@@ -132,13 +126,7 @@ impl Attention {
             num_heads: plan.heads.len(),
             num_kv_heads: plan.kv_heads.len(),
             head_dim: hd,
-            grouping: match plan.uniform_rep() {
-                Some(rep) => Grouping::Uniform(rep),
-                None => {
-                    let ids: Vec<u32> = plan.kv_of_head.iter().map(|&k| k as u32).collect();
-                    Grouping::PerHead(Tensor::new(ids.as_slice(), &Device::Cpu)?)
-                }
-            },
+            kv_of_head: plan.kv_of_head,
         })
     }
 
@@ -160,48 +148,102 @@ impl Attention {
         let t = x.dim(0)?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let pos = step.first_position();
-        let heads =
-            |proj: &Linear, n: usize, norm: &Option<RmsNorm>| -> candle_core::Result<Tensor> {
-                let y = proj.forward(x)?.reshape((t, n, hd))?;
-                let y = match norm {
-                    Some(norm) => norm.forward(&y)?,
-                    None => y,
-                };
-                y.transpose(0, 1)?.contiguous()
+        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> candle_core::Result<Tensor> {
+            let y = y.reshape((t, n, hd))?;
+            let y = match norm {
+                Some(norm) => norm.forward(&y)?,
+                None => y,
             };
-        let q = rope.apply(&heads(&self.q, nh, &self.q_norm)?.unsqueeze(0)?, pos)?;
+            y.transpose(0, 1)?.contiguous()
+        };
+        let mut qkv = Linear::forward_all(&[&self.q, &self.k, &self.v], x)?.into_iter();
+        let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            candle_core::bail!("attention: q, k and v projections missing")
+        };
+        let q = rope.apply(&heads(q, nh, &self.q_norm)?.unsqueeze(0)?, pos)?;
         let k = rope
-            .apply(&heads(&self.k, nkv, &self.k_norm)?.unsqueeze(0)?, pos)?
+            .apply(&heads(k, nkv, &self.k_norm)?.unsqueeze(0)?, pos)?
             .squeeze(0)?;
-        let v = heads(&self.v, nkv, &None)?;
+        let v = heads(v, nkv, &None)?;
         let (keys, values) = kv.update(layer, step, &k, &v)?;
-        let seen = keys.dim(1)?;
-        let (keys, values, groups, rep) = match &self.grouping {
-            Grouping::Uniform(rep) => (keys, values, nkv, *rep),
-            // The cache hands out views into its growing buffers.
-            Grouping::PerHead(index) => (
-                keys.contiguous()?.index_select(index, 0)?,
-                values.contiguous()?.index_select(index, 0)?,
-                nh,
-                1,
-            ),
-        };
-        let q = q.squeeze(0)?.reshape((groups, rep * t, hd))?;
-        let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = match mask {
-            Some(mask) => scores
-                .reshape((groups, rep, t, seen))?
-                .broadcast_add(mask)?
-                .reshape((groups, rep * t, seen))?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&values)?;
-        let out = out
-            .reshape((nh, t, hd))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((t, nh * hd))?;
+        let out = self.attend(&q.squeeze(0)?, &keys, &values, mask)?;
+        let out = Tensor::from_vec(out, (t, nh * hd), &Device::Cpu)?;
         self.o.forward(&out)
+    }
+
+    /// Attention of `q` (`[heads, t, head_dim]`) over the cache's keys and
+    /// values (`[kv_heads, seen, head_dim]`, rows contiguous), as
+    /// `[t, heads * head_dim]` values.
+    fn attend(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let (heads, t, hd) = q.dims3()?;
+        let q = q.contiguous()?;
+        let (keys, values) = (rows_contiguous(keys)?, rows_contiguous(values)?);
+        let mask = mask.map(Tensor::contiguous).transpose()?;
+        // Read guards on the storages, held while the slices are in use.
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = keys.storage_and_layout();
+        let (vs, vl) = values.storage_and_layout();
+        let ms = mask.as_ref().map(|m| m.storage_and_layout());
+        let (qd, kd, vd) = (cpu_f32(&qs)?, cpu_f32(&ks)?, cpu_f32(&vs)?);
+        let mask = match &ms {
+            Some((s, l)) => Some(cpu_f32(s)?.get(l.start_offset()..).ok_or_else(|| {
+                candle_core::Error::Msg("attention: mask offset past its storage".into())
+            })?),
+            None => None,
+        };
+        let problem = Problem {
+            queries: head_rows(qd, ql)?,
+            keys: head_rows(kd, kl)?,
+            values: head_rows(vd, vl)?,
+            mask,
+            kv_of_head: &self.kv_of_head,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let mut out = vec![0f32; t * heads * hd];
+        problem
+            .run(Kernels::best(), kernel_matmul::pool(), &mut out)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+/// `t` itself when its rows (last dimension) are contiguous, else a copy.
+fn rows_contiguous(t: &Tensor) -> candle_core::Result<Tensor> {
+    let l = t.layout();
+    if l.dims().len() == 3 && l.stride()[2] == 1 && l.stride()[1] == l.dims()[2] {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+/// The rows of a 3-d tensor whose last dimension is contiguous.
+fn head_rows<'a>(data: &'a [f32], l: &Layout) -> candle_core::Result<HeadRows<'a>> {
+    let (dims, stride) = (l.dims(), l.stride());
+    if dims.len() != 3 || stride[2] != 1 || stride[1] != dims[2] {
+        candle_core::bail!("attention: rows of {dims:?} (strides {stride:?}) are not contiguous")
+    }
+    let data = data.get(l.start_offset()..).ok_or_else(|| {
+        candle_core::Error::Msg("attention: tensor offset past its storage".into())
+    })?;
+    Ok(HeadRows {
+        data,
+        heads: dims[0],
+        len: dims[1],
+        head_dim: dims[2],
+        head_stride: stride[0],
+    })
+}
+
+fn cpu_f32(s: &candle_core::Storage) -> candle_core::Result<&[f32]> {
+    match s {
+        candle_core::Storage::Cpu(c) => c.as_slice::<f32>(),
+        _ => candle_core::bail!("attention runs on the CPU"),
     }
 }

@@ -61,14 +61,14 @@ pub struct Decoder {
 
 impl Decoder {
     /// The whole stack, or with a pipeline group of several ranks, this
-    /// rank's stage of it (only its tensors are read).
+    /// rank's `stage` of it (only its tensors are read).
     pub fn load(
         cfg: TransformerConfig,
         loader: &mut Loader,
         pipeline: &Group,
+        stage: Stage,
     ) -> Result<Self, LmError> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
-        let stage = Stage::new(cfg.num_layers, pipeline.size(), pipeline.rank());
         let needs_table = stage.is_first() || (stage.is_last() && cfg.tie_word_embeddings);
         let table = if needs_table {
             Some(Embedding::load(
@@ -172,9 +172,7 @@ impl Decoder {
         let counts: Vec<usize> = widths.iter().map(|w| w * t).collect();
         let mine = part.flatten_all()?.to_vec1::<f32>()?;
         let mut all = vec![0f32; t * vocab];
-        self.group
-            .all_gather_varied(&mine, &mut all, &counts)
-            .map_err(LmError::comm)?;
+        tp::all_gather_varied(&self.group, &mine, &mut all, &counts)?;
         let all = Tensor::from_vec(all, t * vocab, &Device::Cpu)?;
         if t == 1 {
             return Ok(all.reshape((1, vocab))?);

@@ -110,8 +110,10 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = self.gate.forward(x)?.silu()?;
-        let up = self.up.forward(x)?;
-        self.down.forward(&(gate * up)?)
+        let mut gate_up = Linear::forward_all(&[&self.gate, &self.up], x)?.into_iter();
+        let (Some(gate), Some(up)) = (gate_up.next(), gate_up.next()) else {
+            candle_core::bail!("mlp: gate and up projections missing")
+        };
+        self.down.forward(&(gate.silu()? * up)?)
     }
 }

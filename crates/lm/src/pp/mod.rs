@@ -6,6 +6,7 @@
 //! engine loop and samples.
 
 mod crew;
+mod plan;
 
 use std::ops::Range;
 
@@ -13,7 +14,9 @@ use candle_core::{Device, Tensor};
 use huddle_comm::Group;
 
 pub use crew::Crew;
+pub use plan::{FAKE_FREE_MEMORY_ENV, PipelineSplit, apportion, plan};
 
+use crate::comm_stats::timed;
 use crate::error::LmError;
 use crate::tp;
 
@@ -38,6 +41,15 @@ impl Stage {
         }
     }
 
+    /// Stage `index` of a plan (every stage's layers, see [`plan`]).
+    pub fn of(plan: &[Range<usize>], index: usize) -> Self {
+        Stage {
+            layers: plan.get(index).cloned().unwrap_or(0..0),
+            index,
+            stages: plan.len().max(1),
+        }
+    }
+
     /// The whole model on one stage.
     pub fn whole(num_layers: usize) -> Self {
         Stage::new(num_layers, 1, 0)
@@ -55,13 +67,13 @@ impl Stage {
 /// Sends a contiguous f32 tensor to pipeline rank `dst`.
 pub fn send(group: &Group, x: &Tensor, dst: usize) -> Result<(), LmError> {
     let data = x.flatten_all()?.to_vec1::<f32>()?;
-    group.send(&data, dst).map_err(LmError::comm)
+    timed(4 * data.len() as u64, || group.send(&data, dst)).map_err(LmError::comm)
 }
 
 /// Receives a `[rows, cols]` f32 tensor from pipeline rank `src`.
 pub fn recv(group: &Group, rows: usize, cols: usize, src: usize) -> Result<Tensor, LmError> {
     let mut data = vec![0f32; rows * cols];
-    group.recv(&mut data, src).map_err(LmError::comm)?;
+    timed(0, || group.recv(&mut data, src)).map_err(LmError::comm)?;
     Ok(Tensor::from_vec(data, (rows, cols), &Device::Cpu)?)
 }
 
@@ -80,6 +92,8 @@ mod tests {
             (s.layers.clone(), s.is_first(), s.is_last()),
             (2..2, false, true)
         );
+        let s = Stage::of(&[0..4, 4..30], 1);
+        assert_eq!((s.layers.clone(), s.is_last()), (4..30, true));
         let w = Stage::whole(5);
         assert!(w.is_first() && w.is_last());
         assert_eq!(w.layers, 0..5);

@@ -7,6 +7,8 @@ use std::cell::RefCell;
 
 use huddle_comm::{CommError, Group};
 
+use crate::comm_stats::{all_sum_bytes, timed};
+
 struct AllSum<'a> {
     group: &'a Group,
 }
@@ -23,7 +25,10 @@ impl InplaceOp1 for AllSum<'_> {
             ));
         };
         let result = match storage {
-            CpuStorage::F32(v) => self.group.all_sum(&mut v[start..end]),
+            CpuStorage::F32(v) => {
+                let bytes = all_sum_bytes(self.group, 4 * (end - start) as u64);
+                timed(bytes, || self.group.all_sum(&mut v[start..end]))
+            }
             other => {
                 return Err(candle_core::Error::Msg(format!(
                     "all_sum of {:?} tensors is not supported",

@@ -11,6 +11,11 @@ mod fingerprint;
 
 use std::ops::Range;
 
+use huddle_comm::Group;
+
+use crate::comm_stats::{all_gather_bytes, timed};
+use crate::error::LmError;
+
 pub use all_sum::{all_sum_in_place, take_comm_error};
 pub use fingerprint::{check_same_model, fingerprint};
 
@@ -34,6 +39,18 @@ pub fn aligned(n: usize, align: usize, size: usize, rank: usize) -> Option<Range
     }
     let r = balanced(units, size, rank);
     Some(r.start * align..(r.end * align).min(n))
+}
+
+/// [`Group::all_gather_varied`] of f32 parts (a vocabulary-split head's
+/// logits), counted in the model's communication statistics.
+pub fn all_gather_varied(
+    group: &Group,
+    mine: &[f32],
+    all: &mut [f32],
+    counts: &[usize],
+) -> Result<(), LmError> {
+    let bytes = all_gather_bytes(group, 4 * mine.len() as u64, 4 * all.len() as u64);
+    timed(bytes, || group.all_gather_varied(mine, all, counts)).map_err(LmError::comm)
 }
 
 /// One rank's share of an attention layer.

@@ -313,11 +313,15 @@ impl WeightSource for GgufSource {
             why,
         };
         slice.check(&shape).map_err(bad_slice)?;
-        if let Some(kind) = float_kind(entry.dtype) {
-            return Ok(Weight::Float(read_float(kind, bytes, &shape, slice)?));
-        }
-        let q = read_quantized(entry.dtype, bytes, &shape, slice).map_err(bad_slice)?;
-        Ok(Weight::Quantized(q))
+        let weight = match float_kind(entry.dtype) {
+            Some(kind) => Weight::Float(read_float(kind, bytes, &shape, slice)?),
+            None => Weight::Quantized(
+                read_quantized(entry.dtype, bytes, &shape, slice).map_err(bad_slice)?,
+            ),
+        };
+        let start = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
+        super::release(&self.map, start..start + bytes.len());
+        Ok(weight)
     }
 
     fn total_bytes(&self) -> u64 {

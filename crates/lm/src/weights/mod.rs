@@ -19,6 +19,23 @@ use candle_core::quantized::QTensor;
 
 use crate::error::LmError;
 
+/// Drops the file pages of `map[range]` from this process's resident set
+/// once a tensor has been copied out of them. Reading a column slice
+/// touches every page of the tensor, and mapped pages count as resident:
+/// without this a tensor-parallel rank's peak memory would include every
+/// tensor it sliced, not only its slices.
+pub(crate) fn release(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
+    // SAFETY: the mapping is read-only and file-backed, so dropped pages
+    // read back the same bytes from the file on the next access; nothing
+    // is lost, whoever still looks at them.
+    let result = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "madvise(DONTNEED) on weight pages failed");
+    }
+}
+
 pub use loader::Loader;
 
 /// Which part of a tensor to read. Ranges count elements along the

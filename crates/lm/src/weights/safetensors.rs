@@ -235,6 +235,7 @@ impl WeightSource for SafetensorsSource {
         // read_metadata validated offsets against the file length.
         let bytes = &file.map[entry.start..entry.end];
         let tensor = read_float(kind, bytes, &entry.shape, slice)?;
+        super::release(&file.map, entry.start..entry.end);
         Ok(Weight::Float(tensor))
     }
 
