@@ -23,6 +23,7 @@ pub fn weight_type(dtype: GgmlDType) -> Option<WeightType> {
         GgmlDType::Q8_0 => Some(WeightType::Q8_0),
         GgmlDType::Q4K => Some(WeightType::Q4K),
         GgmlDType::Q6K => Some(WeightType::Q6K),
+        GgmlDType::F16 => Some(WeightType::F16),
         _ => None,
     }
 }

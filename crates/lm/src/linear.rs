@@ -8,6 +8,7 @@
 //! computed output's own storage. A single process reads everything.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
@@ -85,6 +86,16 @@ pub struct Linear {
     reduce: Option<Group>,
 }
 
+/// candle's `QMatMul::from_arc` turns F16 blocks into an f32 tensor; the
+/// kernels multiply them as they are, at half the memory traffic.
+fn qmatmul(q: Arc<QTensor>) -> candle_core::Result<QMatMul> {
+    if kernel_matmul::supports(&q) {
+        Ok(QMatMul::QTensor(q))
+    } else {
+        QMatMul::from_arc(q)
+    }
+}
+
 impl Linear {
     /// Loads `{prefix}.weight` (stored `[out_dim, in_dim]`) and, when `bias`,
     /// `{prefix}.bias`: this rank's part of them for `split`.
@@ -139,8 +150,16 @@ impl Linear {
         bias: Option<Tensor>,
         quantize: Option<Quantize>,
     ) -> candle_core::Result<Linear> {
+        // A float GGUF matrix arrives as an F16 QTensor: asked to quantize,
+        // it goes the float way; else it stays f16 for the kernels.
         let weight = match (weight, quantize) {
-            (Weight::Quantized(q), _) => LinearWeight::Quantized(QMatMul::from_qtensor(q)?),
+            (Weight::Quantized(q), Some(_)) if q.dtype() == GgmlDType::F16 => {
+                Weight::Float(q.dequantize(&q.device())?)
+            }
+            (w, _) => w,
+        };
+        let weight = match (weight, quantize) {
+            (Weight::Quantized(q), _) => LinearWeight::Quantized(qmatmul(Arc::new(q))?),
             (Weight::Float(t), Some(q)) => {
                 let dtype = match q {
                     Quantize::Q8 => GgmlDType::Q8_0,
@@ -234,7 +253,7 @@ impl Linear {
     /// (an output head tied to a GGUF embedding table).
     pub fn from_shared_qtensor(q: std::sync::Arc<QTensor>) -> candle_core::Result<Linear> {
         Ok(Linear {
-            weight: LinearWeight::Quantized(QMatMul::from_arc(q)?),
+            weight: LinearWeight::Quantized(qmatmul(q)?),
             bias: None,
             reduce: None,
         })
