@@ -96,6 +96,33 @@ fn qmatmul(q: Arc<QTensor>) -> candle_core::Result<QMatMul> {
     }
 }
 
+/// Rows from which an F16 product is faster widened to f32 for candle's
+/// gemm (compute-bound) than on the kernels' f16 dot (built for decode's
+/// memory-bound rows). Float results differ only in summation order.
+const F16_GEMM_ROWS: usize = 16;
+
+/// `q` when huddle-kernels should multiply `x` by it.
+fn kernel_weight<'a>(q: &'a QTensor, x: &Tensor) -> Option<&'a QTensor> {
+    let width = x.dims().last().copied().unwrap_or(0).max(1);
+    let rows = x.elem_count() / width;
+    let wide_f16 = q.dtype() == GgmlDType::F16 && rows >= F16_GEMM_ROWS;
+    (kernel_matmul::supports(q) && !wide_f16).then_some(q)
+}
+
+/// `x[..., in] @ w[out, in]^T` with candle's f32 gemm.
+fn float_forward(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() == 2 {
+        return x.matmul(&w.t()?);
+    }
+    let in_dim = dims.last().copied().unwrap_or(0);
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = w.dim(0)?;
+    }
+    x.reshape(((), in_dim))?.matmul(&w.t()?)?.reshape(out_dims)
+}
+
 impl Linear {
     /// Loads `{prefix}.weight` (stored `[out_dim, in_dim]`) and, when `bias`,
     /// `{prefix}.bias`: this rank's part of them for `split`.
@@ -262,25 +289,15 @@ impl Linear {
     /// `x`: `[..., in]`, contiguous, f32. Returns `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Quantized(QMatMul::QTensor(q)) if kernel_matmul::supports(q) => {
-                kernel_matmul::forward(q, x)?
-            }
-            LinearWeight::Quantized(q) => q.forward(x)?,
-            LinearWeight::Float(w) => {
-                let dims = x.dims();
-                if dims.len() == 2 {
-                    x.matmul(&w.t()?)?
-                } else {
-                    let in_dim = dims.last().copied().unwrap_or(0);
-                    let mut out_dims = dims.to_vec();
-                    if let Some(last) = out_dims.last_mut() {
-                        *last = w.dim(0)?;
-                    }
-                    x.reshape(((), in_dim))?
-                        .matmul(&w.t()?)?
-                        .reshape(out_dims)?
+            LinearWeight::Quantized(QMatMul::QTensor(q)) => match kernel_weight(q, x) {
+                Some(q) => kernel_matmul::forward(q, x)?,
+                None if q.dtype() == GgmlDType::F16 => {
+                    float_forward(x, &q.dequantize(&q.device())?)?
                 }
-            }
+                None => QMatMul::QTensor(q.clone()).forward(x)?,
+            },
+            LinearWeight::Quantized(q) => q.forward(x)?,
+            LinearWeight::Float(w) => float_forward(x, w)?,
         };
         self.finish(y)
     }
@@ -291,9 +308,7 @@ impl Linear {
         let kernel_weights: Option<Vec<&QTensor>> = layers
             .iter()
             .map(|l| match &l.weight {
-                LinearWeight::Quantized(QMatMul::QTensor(q)) if kernel_matmul::supports(q) => {
-                    Some(q.as_ref())
-                }
+                LinearWeight::Quantized(QMatMul::QTensor(q)) => kernel_weight(q, x),
                 _ => None,
             })
             .collect();
