@@ -1,7 +1,11 @@
 //! `huddle bench`: benchmark programs that print numbers. `comm` times the
 //! collectives the nccl-tests way (p50 time, algorithm and bus bandwidth)
 //! and, in the same run, a raw full-duplex TCP exchange between rank 0 and
-//! rank 1 as the yardstick.
+//! rank 1 as the yardstick. `--check` first verifies every collective's
+//! results (check.rs). `generate` (bench_generate.rs) times a model's
+//! prompt processing and token generation.
+
+mod check;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -21,6 +25,9 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Time the collectives (run under `huddle launch -n N -- huddle bench comm`).
     Comm(CommArgs),
+    /// Prompt and generation tokens/s of a model, llama-bench style.
+    #[cfg(feature = "lm")]
+    Generate(crate::bench_generate::GenerateBenchArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +100,14 @@ pub struct CommArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// First run every collective once per size and verify the results
+    /// exactly on every rank (fails if any is wrong).
+    #[arg(long)]
+    pub check: bool,
+    /// Rank 0 prints when it started, joined the group and finished a first
+    /// 4-byte all_sum, in Unix seconds (to time a launch end to end).
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -114,6 +129,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     match args.what {
         BenchCommand::Comm(a) => comm(a),
+        #[cfg(feature = "lm")]
+        BenchCommand::Generate(a) => crate::bench_generate::run(a),
     }
 }
 
@@ -126,7 +143,21 @@ struct Row {
 }
 
 fn comm(args: CommArgs) -> anyhow::Result<i32> {
+    let started = unix_now();
     let world = huddle_comm::init().context("joining the job")?;
+    if args.timeline {
+        let joined = unix_now();
+        world.all_sum(&mut [1f32])?;
+        let first = unix_now();
+        if world.rank() == 0 {
+            note(
+                &args,
+                &format!(
+                    "# timeline (unix s): started {started:.6} joined {joined:.6} first all_sum {first:.6}"
+                ),
+            );
+        }
+    }
     let g = match args.algo {
         None => world.clone(),
         Some(AlgoArg::Auto) => world.with_algo(Algo::Auto),
@@ -140,6 +171,19 @@ fn comm(args: CommArgs) -> anyhow::Result<i32> {
     };
     if args.iters == 0 {
         bail!("--iters must be at least 1");
+    }
+    if args.check {
+        check::check(&g, &sizes)?;
+        if g.rank() == 0 {
+            note(
+                &args,
+                &format!(
+                    "# check: all_sum, all_sum_async, all_max, all_min, all_prod, all_gather, \
+                     reduce_scatter, broadcast, send/recv and barrier exact on {} ranks",
+                    g.size()
+                ),
+            );
+        }
     }
     let max = sizes.iter().copied().max().unwrap_or(4);
     let n = g.size();
@@ -177,6 +221,22 @@ fn comm(args: CommArgs) -> anyhow::Result<i32> {
         report(&args, &g, &rows, raw, max);
     }
     Ok(0)
+}
+
+/// A comment line beside the results: on stderr under `--json`, so that
+/// stdout stays one JSON document.
+fn note(args: &CommArgs, line: &str) {
+    if args.json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn percentile50(mut v: Vec<Duration>) -> Duration {
@@ -242,7 +302,12 @@ struct Raw {
     bytes: usize,
     p50_us: f64,
     gbps: f64,
+    /// A 4-byte ping-pong's round trip, p50: the latency yardstick.
+    rtt_us: f64,
 }
+
+/// Ping-pongs timed for the raw round trip.
+const PING_PONGS: usize = 200;
 
 /// Plain sockets between rank 0 and rank 1, both directions at once, no
 /// framing: the yardstick for the collectives' bandwidth.
@@ -313,10 +378,24 @@ fn raw_exchange(g: &Group, bytes: usize, iters: usize) -> anyhow::Result<Option<
         }
         times.remove(0);
         let p50 = percentile50(times);
+        let mut round_trips = Vec::with_capacity(PING_PONGS);
+        let mut word = [0u8; 4];
+        for _ in 0..PING_PONGS {
+            let t = Instant::now();
+            if r == 0 {
+                s.write_all(&word)?;
+                s.read_exact(&mut word)?;
+            } else {
+                s.read_exact(&mut word)?;
+                s.write_all(&word)?;
+            }
+            round_trips.push(t.elapsed());
+        }
         result = Some(Raw {
             bytes,
             p50_us: p50.as_secs_f64() * 1e6,
             gbps: bytes as f64 / p50.as_secs_f64() / 1e9,
+            rtt_us: percentile50(round_trips).as_secs_f64() * 1e6,
         });
     }
     g.barrier()?;
@@ -332,6 +411,23 @@ fn rand_i64() -> i64 {
     (t as i64) ^ (std::process::id() as i64).rotate_left(32) ^ (&t as *const u128 as i64)
 }
 
+/// How rank 0 reaches the others: one word when they all agree
+/// ("shm", "tcp"), else each peer's.
+fn transports(g: &Group) -> String {
+    let each: Vec<(usize, String)> = (0..g.size())
+        .filter_map(|m| g.transport(m).map(|t| (m, t.to_string())))
+        .collect();
+    match each.first() {
+        None => "none (one rank)".into(),
+        Some((_, t)) if each.iter().all(|(_, x)| x == t) => t.clone(),
+        Some(_) => each
+            .iter()
+            .map(|(m, t)| format!("rank {m} {t}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 fn report(args: &CommArgs, g: &Group, rows: &[Row], raw: Option<Raw>, max: usize) {
     let algo = match g.algo() {
         Algo::Auto => format!("auto (mesh up to {} B)", g.mesh_max_bytes()),
@@ -345,9 +441,9 @@ fn report(args: &CommArgs, g: &Group, rows: &[Row], raw: Option<Raw>, max: usize
             })
             .collect();
         let raw = raw.map(
-            |r| serde_json::json!({"bytes": r.bytes, "p50_us": r.p50_us, "gbps_each_way": r.gbps}),
+            |r| serde_json::json!({"bytes": r.bytes, "p50_us": r.p50_us, "gbps_each_way": r.gbps, "rtt_4b_us": r.rtt_us}),
         );
-        let doc = serde_json::json!({"ranks": g.size(), "dtype": "f32", "algo": algo, "iters": args.iters, "results": rows, "raw_tcp_exchange": raw});
+        let doc = serde_json::json!({"ranks": g.size(), "dtype": "f32", "algo": algo, "iters": args.iters, "transport": transports(g), "results": rows, "raw_tcp_exchange": raw});
         println!("{doc}");
         return;
     }
@@ -356,6 +452,7 @@ fn report(args: &CommArgs, g: &Group, rows: &[Row], raw: Option<Raw>, max: usize
         g.size(),
         args.iters
     );
+    println!("# transport: {}", transports(g));
     println!(
         "# {:>14} {:>12} {:>12} {:>12} {:>12}",
         "op", "bytes", "time (us)", "algbw (GB/s)", "busbw (GB/s)"
@@ -371,10 +468,16 @@ fn report(args: &CommArgs, g: &Group, rows: &[Row], raw: Option<Raw>, max: usize
         );
     }
     match raw {
-        Some(r) => println!(
-            "# raw TCP full-duplex exchange, rank 0 <-> rank 1, {} bytes each way: {:.1} us, {:.3} GB/s each way",
-            r.bytes, r.p50_us, r.gbps
-        ),
+        Some(r) => {
+            println!(
+                "# raw TCP full-duplex exchange, rank 0 <-> rank 1, {} bytes each way: {:.1} us, {:.3} GB/s each way",
+                r.bytes, r.p50_us, r.gbps
+            );
+            println!(
+                "# raw TCP ping-pong, rank 0 <-> rank 1, 4 bytes: round trip {:.1} us (p50 of {PING_PONGS})",
+                r.rtt_us
+            );
+        }
         None if g.size() < 2 => println!("# raw TCP exchange skipped: one rank"),
         None => println!("# raw TCP exchange of {max} bytes: not measured"),
     }

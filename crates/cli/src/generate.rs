@@ -10,7 +10,9 @@ use clap::{Args, ValueEnum};
 use huddle_comm::Group;
 use huddle_lm::generate::{GenerateOptions, Generation, encode_chat, encode_plain, stop_token_ids};
 use huddle_lm::sampling::SamplingParams;
-use huddle_lm::{ChatTemplate, LoadOptions, Message, Model, Quantize, Tokenizer};
+use huddle_lm::{
+    ChatTemplate, CommStats, LoadOptions, Message, Model, PipelineSplit, Quantize, Tokenizer,
+};
 
 /// Which model to load and how.
 #[derive(Args, Debug, Clone)]
@@ -33,6 +35,74 @@ pub struct ModelArgs {
     /// layer's weights (tensor parallelism, the default).
     #[arg(long)]
     pub pipeline: bool,
+    /// Ranks splitting each pipeline stage's weights (tensor parallelism
+    /// inside stages): with --pipeline and 4 ranks, 2 gives 2 stages of 2
+    /// ranks. Without --pipeline it must be the job's rank count.
+    #[arg(long, value_name = "N")]
+    pub tensor_parallel: Option<usize>,
+    /// How --pipeline sizes its stages: by each host's free memory (even
+    /// when the hosts' free memory is within 10%), or evenly.
+    #[arg(long, value_enum, default_value_t = SplitArg::Memory, conflicts_with = "layers")]
+    pub pipeline_split: SplitArg,
+    /// Layers per pipeline stage, in stage order (e.g. 10,20); they must
+    /// add up to the model's layers.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub layers: Option<Vec<usize>>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitArg {
+    Even,
+    Memory,
+}
+
+/// How the job's ranks divide the model: `stages` pipeline stages of
+/// `tensor` ranks each, stage-major (a stage's ranks are consecutive, so
+/// with `--ranks-per-host` equal to `tensor` a stage stays on one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub stages: usize,
+    pub tensor: usize,
+}
+
+impl ModelArgs {
+    /// The layout for a job of `world` ranks, or a one-line reason why
+    /// these flags cannot split it.
+    pub fn layout(&self, world: usize) -> anyhow::Result<Layout> {
+        if !self.pipeline {
+            if self.layers.is_some() || self.pipeline_split != SplitArg::Memory {
+                anyhow::bail!("--layers and --pipeline-split need --pipeline");
+            }
+            return match self.tensor_parallel {
+                Some(t) if t != world => anyhow::bail!(
+                    "--tensor-parallel {t} without --pipeline must equal the job's {world} ranks \
+                     (add --pipeline to split the rest into stages)"
+                ),
+                _ => Ok(Layout {
+                    stages: 1,
+                    tensor: world,
+                }),
+            };
+        }
+        let tensor = self.tensor_parallel.unwrap_or(1);
+        if tensor == 0 || tensor > world || !world.is_multiple_of(tensor) {
+            anyhow::bail!(
+                "--tensor-parallel {tensor} must divide the job's {world} ranks into equal stages"
+            );
+        }
+        Ok(Layout {
+            stages: world / tensor,
+            tensor,
+        })
+    }
+
+    fn split(&self) -> PipelineSplit {
+        match (&self.layers, self.pipeline_split) {
+            (Some(counts), _) => PipelineSplit::Layers(counts.clone()),
+            (None, SplitArg::Even) => PipelineSplit::Even,
+            (None, SplitArg::Memory) => PipelineSplit::Memory,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -102,6 +172,10 @@ pub struct GenerateArgs {
     /// Send the prompt as is, without the model's chat template.
     #[arg(long)]
     pub ignore_chat_template: bool,
+    /// Testing aid: instead of generating, write the prompt's logits at
+    /// every position to FILE (f32 little-endian, one row per token).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub dump_logits: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -115,13 +189,15 @@ pub struct Loaded {
 }
 
 /// Sets the thread budget, joins the job's ranks (when started by `huddle
-/// launch`: they form one tensor-parallel group, or with `--pipeline` one
-/// pipeline), then loads the tokenizer and this rank's part of the model.
+/// launch`: they form one tensor-parallel group, or with `--pipeline` a
+/// pipeline, of tensor groups with `--tensor-parallel`), then loads the
+/// tokenizer and this rank's part of the model.
 pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     // SAFETY: called first thing in a subcommand, from the main thread,
     // before candle or anything else in this process has started threads.
     unsafe { huddle_lm::threads::configure_cpu_threads(args.threads) }?;
     let group = huddle_comm::init().context("joining the other ranks")?;
+    let layout = args.layout(group.size())?;
     let path = &args.model;
     if !path.exists() {
         anyhow::bail!("{}: no such file or directory", path.display());
@@ -135,13 +211,33 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         }),
         max_kv_size: args.max_kv_size,
         progress: group.rank() == 0 && std::io::stderr().is_terminal(),
+        pipeline_split: args.split(),
     };
-    let model = if args.pipeline {
-        huddle_lm::sharded_load(path, &options, &group, &Group::single())
+    let (stage, t) = (group.rank() / layout.tensor, group.rank() % layout.tensor);
+    let (pipeline, tensor) = if layout.stages == 1 {
+        (Group::single(), group.clone())
+    } else if layout.tensor == 1 {
+        (group.clone(), Group::single())
     } else {
-        Model::load_sharded(path, &options, &group)
+        let tensor = group
+            .split(stage as u32, t as u32)
+            .context("forming the tensor groups")?;
+        let pipeline = group
+            .split(t as u32, stage as u32)
+            .context("forming the pipeline groups")?;
+        (pipeline, tensor)
+    };
+    let model = huddle_lm::sharded_load(path, &options, &pipeline, &tensor)
+        .with_context(|| format!("loading {}", path.display()))?;
+    if group.size() > 1 {
+        let layers = model.layers();
+        tracing::info!(
+            stage,
+            tensor_rank = t,
+            layers = %format!("{}..{}", layers.start, layers.end),
+            "this rank's part"
+        );
     }
-    .with_context(|| format!("loading {}", path.display()))?;
     tracing::info!(
         architecture = %model.info().architecture,
         layers = model.info().num_layers,
@@ -219,7 +315,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
     let mut loaded = load(&args.model)?;
     if let Some(done) = follow_if_not_leader(&mut loaded) {
         let code = done?;
-        gather_peak_memory(&loaded.world)?;
+        gather_rank_reports(&loaded.world, RankReport::of(&loaded.model))?;
         return Ok(code);
     }
     // Only rank 0 gets the launcher's stdin.
@@ -245,29 +341,127 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
         None => encode_plain(&loaded.tokenizer, &prompt)?,
     };
     tracing::debug!(?tokens, "prompt tokens");
-    let options = generate_options(&args.sampling, &loaded, template.as_ref());
-    let mut sink = stdout_sink();
-    let generation = huddle_lm::generate(
-        &mut loaded.model,
-        &loaded.tokenizer,
-        &tokens,
-        &options,
-        &mut sink,
-    )?;
-    // The newline ends the text even when stdout is already closed.
-    let _ = writeln!(std::io::stdout());
-    tracing::info!(finish = ?generation.finish, "generation ended");
-    print_speed(&generation);
+    if let Some(path) = &args.dump_logits {
+        write_logits(&mut loaded.model, &tokens, path)?;
+    } else {
+        let options = generate_options(&args.sampling, &loaded, template.as_ref());
+        let mut sink = stdout_sink();
+        let generation = huddle_lm::generate(
+            &mut loaded.model,
+            &loaded.tokenizer,
+            &tokens,
+            &options,
+            &mut sink,
+        )?;
+        // The newline ends the text even when stdout is already closed.
+        let _ = writeln!(std::io::stdout());
+        tracing::info!(finish = ?generation.finish, "generation ended");
+        print_speed(&generation);
+    }
     if loaded.world.size() <= 1 {
         print_peak_memory();
         return Ok(0);
     }
     let Loaded { model, world, .. } = loaded;
+    let mine = RankReport::of(&model);
     // Dropping the model releases the followers into the gather.
     drop(model);
-    let peaks = gather_peak_memory(&world)?;
+    let reports = gather_rank_reports(&world, mine)?;
+    let peaks: Vec<f64> = reports.iter().map(|r| r.peak_gb).collect();
     eprintln!("{}", peak_memory_line(&peaks));
+    if tracing::enabled!(tracing::Level::INFO) {
+        eprintln!("{}", comm_line(&reports));
+    }
     Ok(0)
+}
+
+/// The logits of every prompt position, `[tokens, vocab]` little-endian
+/// f32 rows, so that runs split differently (across hosts too) can be
+/// compared with one rank's.
+fn write_logits(model: &mut Model, tokens: &[u32], path: &Path) -> anyhow::Result<()> {
+    let logits = model.forward(tokens, huddle_lm::Logits::All)?;
+    let values = logits
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .context("reading the logits")?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What each rank tells rank 0 at the end of a split generation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RankReport {
+    /// VmHWM in GB, negative when unknown.
+    peak_gb: f64,
+    /// One-token steps run, and their communication.
+    decode_steps: u64,
+    comm: CommStats,
+}
+
+const REPORT_WORDS: usize = 5;
+
+impl RankReport {
+    fn of(model: &Model) -> Self {
+        let (decode_steps, comm) = model.decode_comm_stats();
+        RankReport {
+            peak_gb: peak_memory_gb().unwrap_or(-1.0),
+            decode_steps,
+            comm,
+        }
+    }
+
+    fn words(&self) -> [f64; REPORT_WORDS] {
+        [
+            self.peak_gb,
+            self.decode_steps as f64,
+            self.comm.collectives as f64,
+            self.comm.seconds,
+            self.comm.bytes_sent as f64,
+        ]
+    }
+
+    fn from_words(w: &[f64]) -> Self {
+        RankReport {
+            peak_gb: w[0],
+            decode_steps: w[1] as u64,
+            comm: CommStats {
+                collectives: w[2] as u64,
+                seconds: w[3],
+                bytes_sent: w[4] as u64,
+            },
+        }
+    }
+}
+
+/// Every rank's [`RankReport`], in rank order (collective).
+fn gather_rank_reports(world: &Group, mine: RankReport) -> anyhow::Result<Vec<RankReport>> {
+    let mut all = vec![0f64; REPORT_WORDS * world.size()];
+    world
+        .all_gather(&mine.words(), &mut all)
+        .context("gathering the ranks' peak memory and communication")?;
+    Ok(all
+        .chunks_exact(REPORT_WORDS)
+        .map(RankReport::from_words)
+        .collect())
+}
+
+/// Per generated token, each rank's communication: time in it, how many
+/// collectives and bytes sent.
+fn comm_line(reports: &[RankReport]) -> String {
+    let ranks: Vec<String> = reports
+        .iter()
+        .enumerate()
+        .map(|(rank, r)| {
+            let n = r.decode_steps.max(1) as f64;
+            format!(
+                "rank {rank} {:.3} ms, {:.1} collectives, {:.1} KB sent",
+                r.comm.seconds * 1e3 / n,
+                r.comm.collectives as f64 / n,
+                r.comm.bytes_sent as f64 / n / 1e3
+            )
+        })
+        .collect();
+    format!("Communication per token: {}", ranks.join("; "))
 }
 
 /// mlx_lm's summary lines, on stderr so stdout holds only the text.
@@ -278,7 +472,7 @@ pub fn print_stats(generation: &Generation) {
 
 /// Every rank's peak resident memory in GB, in rank order (negative where
 /// a rank could not read it).
-fn gather_peak_memory(world: &Group) -> anyhow::Result<Vec<f64>> {
+pub fn gather_peak_memory(world: &Group) -> anyhow::Result<Vec<f64>> {
     let mine = [peak_memory_gb().unwrap_or(-1.0)];
     let mut all = vec![0f64; world.size()];
     world
@@ -341,6 +535,102 @@ pub fn peak_memory_gb() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model_args(extra: &[&str]) -> ModelArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            model: ModelArgs,
+        }
+        let mut argv = vec!["huddle", "--model", "m.gguf"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().model
+    }
+
+    #[test]
+    fn tensor_parallel_inside_a_pipeline_divides_the_ranks_into_stages() {
+        let l = model_args(&["--pipeline", "--tensor-parallel", "2"]).layout(4);
+        assert_eq!(
+            l.unwrap(),
+            Layout {
+                stages: 2,
+                tensor: 2
+            }
+        );
+        let l = model_args(&["--pipeline"]).layout(3).unwrap();
+        assert_eq!(
+            l,
+            Layout {
+                stages: 3,
+                tensor: 1
+            }
+        );
+        let l = model_args(&[]).layout(4).unwrap();
+        assert_eq!(
+            l,
+            Layout {
+                stages: 1,
+                tensor: 4
+            }
+        );
+        let l = model_args(&["--tensor-parallel", "2"]).layout(2).unwrap();
+        assert_eq!(
+            l,
+            Layout {
+                stages: 1,
+                tensor: 2
+            }
+        );
+    }
+
+    #[test]
+    fn impossible_layouts_are_one_line_errors() {
+        let e = model_args(&["--pipeline", "--tensor-parallel", "3"]).layout(4);
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("--tensor-parallel 3 must divide the job's 4 ranks"),
+            "{e}"
+        );
+        let e = model_args(&["--pipeline", "--tensor-parallel", "0"]).layout(4);
+        assert!(e.is_err());
+        let e = model_args(&["--tensor-parallel", "2"])
+            .layout(4)
+            .unwrap_err();
+        assert!(e.to_string().contains("add --pipeline"), "{e}");
+        let e = model_args(&["--layers", "1,2"]).layout(2).unwrap_err();
+        assert!(e.to_string().contains("need --pipeline"), "{e}");
+    }
+
+    #[test]
+    fn layer_counts_override_the_memory_split() {
+        let a = model_args(&["--pipeline", "--layers", "10,20"]);
+        assert_eq!(a.split(), PipelineSplit::Layers(vec![10, 20]));
+        let a = model_args(&["--pipeline", "--pipeline-split", "even"]);
+        assert_eq!(a.split(), PipelineSplit::Even);
+        assert_eq!(model_args(&["--pipeline"]).split(), PipelineSplit::Memory);
+    }
+
+    #[test]
+    fn comm_line_is_per_generated_token_for_every_rank() {
+        let r = |steps, collectives, seconds, bytes_sent| RankReport {
+            peak_gb: 0.1,
+            decode_steps: steps,
+            comm: CommStats {
+                collectives,
+                seconds,
+                bytes_sent,
+            },
+        };
+        let line = comm_line(&[r(10, 490, 0.02, 40_000), r(0, 0, 0.0, 0)]);
+        assert_eq!(
+            line,
+            "Communication per token: rank 0 2.000 ms, 49.0 collectives, 4.0 KB sent; \
+             rank 1 0.000 ms, 0.0 collectives, 0.0 KB sent"
+        );
+        let words = r(3, 4, 0.5, 6).words();
+        assert_eq!(RankReport::from_words(&words), r(3, 4, 0.5, 6));
+    }
 
     #[test]
     fn peak_memory_line_names_every_rank() {

@@ -7,6 +7,8 @@ mod config;
 mod launch;
 
 #[cfg(feature = "lm")]
+mod bench_generate;
+#[cfg(feature = "lm")]
 mod chat;
 #[cfg(feature = "lm")]
 mod generate;

@@ -9,11 +9,31 @@ use super::{CLUSTER, cannot_run};
 
 pub const TB: &str = "/tmp/testbed";
 
+/// Hosts brought up when there are none: enough for every test, so a
+/// 3-host test and a 4-host one share a testbed instead of replacing it.
+const MIN_HOSTS: usize = 4;
+
 pub struct Cluster {
     pub ssh_config: PathBuf,
     /// The `ssh` names (addresses) of hosts h0, h1, ... from hosts.json.
     pub hosts: Vec<String>,
     ours: bool,
+}
+
+impl Cluster {
+    /// Writes an MLX hostfile of the first `n` hosts (one `ips` entry each,
+    /// their testbed address) into `dir` and returns its path.
+    pub fn hostfile(&self, dir: &Path, n: usize) -> PathBuf {
+        let entries: Vec<String> = self
+            .hosts
+            .iter()
+            .take(n)
+            .map(|ip| format!(r#"{{"ssh": "{ip}", "ips": ["{ip}"]}}"#))
+            .collect();
+        let path = dir.join("hosts.json");
+        std::fs::write(&path, format!("[{}]", entries.join(", "))).expect("write hostfile");
+        path
+    }
 }
 
 impl Drop for Cluster {
@@ -92,7 +112,7 @@ pub fn cluster(what: &str, n: usize) -> Option<Cluster> {
         }
         let status = Command::new(CLUSTER)
             .arg("up")
-            .env("N", n.to_string())
+            .env("N", n.max(MIN_HOSTS).to_string())
             .env("TB", TB)
             .stdout(Stdio::null())
             .status()
@@ -114,4 +134,48 @@ pub fn cluster(what: &str, n: usize) -> Option<Cluster> {
         hosts,
         ours,
     })
+}
+
+/// Processes inside test host `host`'s network namespace (h0, h1, ...)
+/// whose command line contains `marker`, as (pid, command line). Reads the
+/// namespace's own process list, so it sees what runs on that host only.
+pub fn processes_on(host: usize, marker: &str) -> Vec<(libc::pid_t, String)> {
+    let listed = Command::new("ip")
+        .args(["netns", "pids", &format!("h{host}")])
+        .output()
+        .expect("run ip netns pids");
+    String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<libc::pid_t>().ok())
+        .filter_map(|pid| {
+            // Gone since the listing, or a zombie: empty command line.
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            line.contains(marker)
+                .then(|| (pid, line.trim_end().to_owned()))
+        })
+        .collect()
+}
+
+/// Waits (hang-guarded) until no process with `marker` in its command
+/// line runs on any of the first `hosts` test hosts.
+pub fn wait_no_processes(hosts: usize, marker: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let left: Vec<(usize, libc::pid_t, String)> = (0..hosts)
+            .flat_map(|h| {
+                processes_on(h, marker)
+                    .into_iter()
+                    .map(move |(pid, line)| (h, pid, line))
+            })
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < super::HANG_GUARD,
+            "still running on the test hosts: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
