@@ -299,14 +299,11 @@ fn start_sleepers(
 ) -> (std::process::Child, Vec<libc::pid_t>, support::Scratch) {
     let dir = scratch(name);
     let body = if grandchild {
-        "sleep 1000 & echo $! > $d/g$HUDDLE_RANK.tmp; mv $d/g$HUDDLE_RANK.tmp $d/g$HUDDLE_RANK; wait"
+        "sleep 1000 & echo $! > $d/g$HUDDLE_RANK; wait"
     } else {
         "exec sleep 1000"
     };
-    let script = format!(
-        "d={}; echo $$ > $d/$HUDDLE_RANK.tmp; mv $d/$HUDDLE_RANK.tmp $d/$HUDDLE_RANK; {body}",
-        dir.display()
-    );
+    let script = format!("d={}; echo $$ > $d/$HUDDLE_RANK; {body}", dir.display());
     let child = huddle()
         .args(sh("3", &script))
         .stdin(Stdio::null())

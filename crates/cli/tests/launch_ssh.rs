@@ -205,7 +205,7 @@ fn sleepers_script(dir: &Path, failing: Option<usize>) -> String {
         None => String::new(),
     };
     format!(
-        "{fail}echo $$ > {d}/$HUDDLE_RANK.tmp; mv {d}/$HUDDLE_RANK.tmp {d}/$HUDDLE_RANK; exec sleep 1000",
+        "{fail}echo $$ > {d}/$HUDDLE_RANK; exec sleep 1000",
         d = dir.display()
     )
 }

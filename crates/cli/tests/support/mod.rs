@@ -107,11 +107,16 @@ pub fn scratch(name: &str) -> Scratch {
     Scratch(dir)
 }
 
-/// Waits (hang-guarded) until `path` holds a pid, and returns it.
+/// Waits (hang-guarded) until `path` holds a pid and its newline, and
+/// returns it. Scripts write it with the shell's own `echo` (one write) and
+/// then `exec` at once: an external `mv` in between leaves a window where a
+/// signal meant for the rank finds the shell waiting on `mv`, which a shell
+/// may survive (bash waits for the child, then goes on to the `exec`).
 pub fn wait_for_pid(path: &Path) -> libc::pid_t {
     let start = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
             && let Ok(pid) = text.trim().parse()
         {
             return pid;
