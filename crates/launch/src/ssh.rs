@@ -373,15 +373,23 @@ mod tests {
     }
 
     /// Runs the bootstrap around `program` in its own process group, feeds
-    /// `input`, then closes stdin if `close` (else only after it exits).
+    /// `input` once the program runs (a signal frame that came earlier
+    /// could land between the bootstrap's fork and exec, where its own trap
+    /// catches it), then closes stdin if `close` (else only after it exits).
     fn bootstrap_status(program: &str, input: &[u8], close: bool) -> Option<i32> {
         use std::io::Write;
         use std::os::unix::process::CommandExt;
+        static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let ready = std::env::temp_dir().join(format!(
+            "huddle-bootstrap-ready-{}-{}",
+            std::process::id(),
+            RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&ready);
         let mut j = job("h");
-        j.command = ["sh", "-c", program].map(OsString::from).to_vec();
+        let program = format!("touch '{}'; {program}", ready.display());
+        j.command = vec!["sh".into(), "-c".into(), program.into()];
         let setup = "huddle_grace=1\n";
-        let mut bytes = format!("{}\n{}", setup.len(), setup).into_bytes();
-        bytes.extend_from_slice(input);
         let mut child = Command::new("sh")
             .process_group(0)
             .arg("-c")
@@ -391,7 +399,17 @@ mod tests {
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(&bytes).unwrap();
+        stdin
+            .write_all(format!("{}\n{}", setup.len(), setup).as_bytes())
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !ready.exists() {
+            assert!(start.elapsed().as_secs() < 120, "program never started");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&ready);
+        // A program that already ended may have taken the bootstrap along.
+        let _ = stdin.write_all(input);
         let held = if close {
             drop(stdin);
             None
