@@ -23,6 +23,8 @@ const HANDLED: [i32; 5] = [
 pub(crate) struct SignalFd {
     fd: OwnedFd,
     previous: libc::sigset_t,
+    /// SIGINT's disposition on entry, when it was "ignore".
+    ignored_int: Option<libc::sigaction>,
 }
 
 impl SignalFd {
@@ -41,6 +43,20 @@ impl SignalFd {
                 return Err(io::Error::from_raw_os_error(rc));
             }
             let previous = previous.assume_init();
+            // An ignored signal is discarded before it can be queued, so a
+            // launcher started as a shell's background job (SIGINT ignored)
+            // would never see the SIGINT it is meant to forward. Blocked
+            // first, so the default action cannot fire in between.
+            let mut old = MaybeUninit::<libc::sigaction>::zeroed().assume_init();
+            libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old);
+            let ignored_int = if old.sa_sigaction == libc::SIG_IGN {
+                let mut dfl = MaybeUninit::<libc::sigaction>::zeroed().assume_init();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(libc::SIGINT, &dfl, std::ptr::null_mut());
+                Some(old)
+            } else {
+                None
+            };
             let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
             if fd < 0 {
                 let err = io::Error::last_os_error();
@@ -50,6 +66,7 @@ impl SignalFd {
             Ok(SignalFd {
                 fd: OwnedFd::from_raw_fd(fd),
                 previous,
+                ignored_int,
             })
         }
     }
@@ -89,8 +106,11 @@ impl Drop for SignalFd {
         // Consume what is pending so unblocking cannot deliver a stale SIGINT
         // (default action: die) after the job is already over.
         let _ = self.read();
-        // SAFETY: restores the mask saved in `new`.
+        // SAFETY: restores the disposition and mask saved in `new`.
         unsafe {
+            if let Some(old) = &self.ignored_int {
+                libc::sigaction(libc::SIGINT, old, std::ptr::null_mut());
+            }
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, std::ptr::null_mut());
         }
     }

@@ -62,6 +62,12 @@ pub(crate) fn spawn_rank(process: &mut RankProcess) -> Result<Spawned, LaunchErr
             if libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0 {
                 return Err(io::Error::last_os_error());
             }
+            // Ranks begin with SIGINT's default action even when the
+            // launcher inherited "ignore" (a shell's background job): the
+            // SIGINT it forwards must stop them.
+            if libc::signal(libc::SIGINT, libc::SIG_DFL) == libc::SIG_ERR {
+                return Err(io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }

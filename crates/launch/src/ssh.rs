@@ -390,14 +390,24 @@ mod tests {
         let program = format!("touch '{}'; {program}", ready.display());
         j.command = vec!["sh".into(), "-c".into(), program.into()];
         let setup = "huddle_grace=1\n";
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .process_group(0)
             .arg("-c")
             .arg(std::ffi::OsStr::from_bytes(&j.remote_command()))
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(std::process::Stdio::null());
+        // As under sshd: SIGINT at its default, even when this test runs as
+        // a shell's background job (which ignores it, and a shell cannot
+        // trap a signal ignored on entry).
+        // SAFETY: signal() is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
         stdin
             .write_all(format!("{}\n{}", setup.len(), setup).as_bytes())
