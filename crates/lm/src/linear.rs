@@ -87,9 +87,11 @@ pub struct Linear {
 }
 
 /// candle's `QMatMul::from_arc` turns F16 blocks into an f32 tensor; the
-/// kernels multiply them as they are, at half the memory traffic.
+/// kernels multiply them as they are, at half the memory traffic. Other
+/// formats go through `from_arc`, which keeps them quantized unless
+/// `CANDLE_DEQUANTIZE_ALL` asks otherwise.
 fn qmatmul(q: Arc<QTensor>) -> candle_core::Result<QMatMul> {
-    if kernel_matmul::supports(&q) {
+    if q.dtype() == GgmlDType::F16 && kernel_matmul::supports(&q) {
         Ok(QMatMul::QTensor(q))
     } else {
         QMatMul::from_arc(q)
