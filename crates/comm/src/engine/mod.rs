@@ -18,7 +18,7 @@ use crate::error::{CommError, Result};
 use crate::progress::{CALLER_READ_MAX, Reader};
 use crate::transport::inbound::Inbound;
 use crate::transport::shm::ShmLink;
-use crate::transport::{OutFrame, Payload, RawConst, RawMut};
+use crate::transport::{OutFrame, Payload, RawMut};
 use crate::wire::{FrameKind, Header, Key, OpDesc};
 
 mod shm;
@@ -472,16 +472,7 @@ impl<'e> Op<'e> {
             }
         }
         // Copied only when the socket did not take it all at once.
-        let payload = if data.is_empty() {
-            Payload::Empty
-        } else if inline {
-            Payload::Owned(data.to_vec())
-        } else {
-            Payload::Borrowed(RawConst {
-                ptr: data.as_ptr(),
-                len: data.len(),
-            })
-        };
+        let payload = Payload::of(data, inline);
         let was_empty = st.outbox.is_empty();
         st.outbox.push(OutFrame {
             peer,

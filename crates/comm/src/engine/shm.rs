@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::{Op, Ticket};
 use crate::error::Result;
 use crate::transport::shm::ShmLink;
-use crate::transport::{OutFrame, Payload, RawConst};
+use crate::transport::{OutFrame, Payload};
 
 impl Op<'_> {
     /// A send to a peer on this host: written into the ring now when it
@@ -41,16 +41,7 @@ impl Op<'_> {
             st.next_ticket += 1;
             Some(t)
         };
-        let payload = if data.is_empty() {
-            Payload::Empty
-        } else if inline {
-            Payload::Owned(data.to_vec())
-        } else {
-            Payload::Borrowed(RawConst {
-                ptr: data.as_ptr(),
-                len: data.len(),
-            })
-        };
+        let payload = Payload::of(data, inline);
         let first = link.enqueue(OutFrame {
             peer,
             header,

@@ -73,6 +73,21 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
+    /// `data` as a frame's payload: copied when `inline` (small frames the
+    /// caller may reuse at once), else borrowed until the frame is sent.
+    pub fn of(data: &[u8], inline: bool) -> Payload {
+        if data.is_empty() {
+            Payload::Empty
+        } else if inline {
+            Payload::Owned(data.to_vec())
+        } else {
+            Payload::Borrowed(RawConst {
+                ptr: data.as_ptr(),
+                len: data.len(),
+            })
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Payload::Empty => 0,
