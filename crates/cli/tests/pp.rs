@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{SYSTEM, generate_paris, launch_smollm2};
+use support::{SYSTEM, chat_paris_twice, generate_paris, launch_smollm2};
 
 #[test]
 fn pipelined_generate_on_two_ranks_prints_paris_once_and_each_ranks_memory() {
@@ -27,27 +27,7 @@ fn pipelined_generate_on_three_ranks_prints_paris_once() {
 
 #[test]
 fn pipelined_chat_on_two_ranks_answers_each_turn_from_rank_0() {
-    let (output, stdout, stderr) = launch_smollm2(
-        2,
-        &[
-            "chat",
-            "--pipeline",
-            "--system",
-            SYSTEM,
-            "--max-tokens",
-            "20",
-        ],
-        "What is the capital of France?\n/reset\nWhat is the capital of France?\n",
-    );
-    assert!(
-        output.status.success(),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
-    assert_eq!(stdout.matches("Paris").count(), 2, "stdout: {stdout}");
-    assert!(
-        stdout.lines().all(|l| !l.starts_with("[1]")),
-        "rank 1 printed: {stdout}"
-    );
+    chat_paris_twice(&["--pipeline"]);
 }
 
 #[test]

@@ -242,3 +242,24 @@ pub fn generate_paris(ranks: usize, extra: &[&str]) -> String {
     );
     stderr
 }
+
+/// A 2-rank `chat` asked France's capital twice (a `/reset` between): it
+/// succeeded, answered Paris each turn, and only rank 0 printed.
+pub fn chat_paris_twice(extra: &[&str]) {
+    let mut args = vec!["chat", "--system", SYSTEM, "--max-tokens", "20"];
+    args.extend_from_slice(extra);
+    let (output, stdout, stderr) = launch_smollm2(
+        2,
+        &args,
+        "What is the capital of France?\n/reset\nWhat is the capital of France?\n",
+    );
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(stdout.matches("Paris").count(), 2, "stdout: {stdout}");
+    assert!(
+        stdout.lines().all(|l| !l.starts_with("[1]")),
+        "rank 1 printed: {stdout}"
+    );
+}
