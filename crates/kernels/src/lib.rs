@@ -21,6 +21,7 @@ pub mod dequantize;
 pub mod dot;
 pub mod error;
 pub mod matmul;
+pub mod ops;
 pub mod pool;
 pub mod quantize;
 
