@@ -114,6 +114,42 @@ fn cast_floats<'a, T: Copy>(bytes: &'a [u8], name: &'static str) -> Result<&'a [
 }
 
 impl<'a> Weights<'a> {
+    /// Row `row` as f32 values into `y` (`cols` of them): an embedding
+    /// lookup without copying or converting the rest of the table.
+    pub fn dequantize_row(&self, row: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        use crate::dequantize as dq;
+        if row >= self.rows {
+            return Err(KernelError::Size {
+                what: "row index (rows)",
+                expected: self.rows,
+                actual: row,
+            });
+        }
+        if y.len() != self.cols {
+            return Err(KernelError::Size {
+                what: "dequantized row",
+                expected: self.cols,
+                actual: y.len(),
+            });
+        }
+        let per = self.cols / self.ty.block_size().0;
+        let span = row * per..(row + 1) * per;
+        match self.data {
+            WeightData::F32(d) => y.copy_from_slice(&d[span]),
+            WeightData::F16(d) => {
+                for (o, v) in y.iter_mut().zip(&d[span]) {
+                    *o = v.to_f32();
+                }
+            }
+            WeightData::Q4_0(d) => dq::dequantize_row_q4_0(&d[span], y)?,
+            WeightData::Q4_1(d) => dq::dequantize_row_q4_1(&d[span], y)?,
+            WeightData::Q8_0(d) => dq::dequantize_row_q8_0(&d[span], y)?,
+            WeightData::Q4K(d) => dq::dequantize_row_q4_k(&d[span], y)?,
+            WeightData::Q6K(d) => dq::dequantize_row_q6_k(&d[span], y)?,
+        }
+        Ok(())
+    }
+
     /// Views GGUF-layout tensor bytes as a `[rows, cols]` matrix of `ty`.
     pub fn from_bytes(
         ty: WeightType,

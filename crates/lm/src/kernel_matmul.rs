@@ -97,18 +97,61 @@ pub fn forward_many(qs: &[&QTensor], x: &Tensor) -> candle_core::Result<Vec<Tens
         .as_slice::<f32>()?
         .get(start..start + m * k)
         .ok_or_else(|| kernel_err("input", "storage shorter than its shape"))?;
+    let mut bufs: Vec<Vec<f32>> = qs
+        .iter()
+        .map(|q| Ok(vec![0f32; m * q.shape().dims2()?.0]))
+        .collect::<candle_core::Result<_>>()?;
+    {
+        let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+        forward_many_into(qs, xs, m, &mut outs)?;
+    }
+    bufs.into_iter()
+        .map(|out| {
+            let mut out_dims = dims.to_vec();
+            if let Some(last) = out_dims.last_mut() {
+                *last = out.len() / m.max(1);
+            }
+            Tensor::from_vec(out, out_dims, x.device())
+        })
+        .collect()
+}
+
+/// [`forward_many`] on slices: `xs` holds `m` rows of the weights' width,
+/// `outs[i]` receives `m` rows of `qs[i]`'s height. Allocates nothing once
+/// this thread's activation buffer is large enough.
+pub fn forward_many_into(
+    qs: &[&QTensor],
+    xs: &[f32],
+    m: usize,
+    outs: &mut [&mut [f32]],
+) -> candle_core::Result<()> {
+    if qs.len() != outs.len() {
+        return Err(kernel_err(
+            "outputs",
+            format!("{} weights, {} outputs", qs.len(), outs.len()),
+        ));
+    }
+    let k = xs.len() / m.max(1);
     ACTS.with(|acts| {
         let mut acts = acts.borrow_mut();
         let mut quantized = None;
-        let mut outs = Vec::with_capacity(qs.len());
-        for q in qs {
+        for (q, out) in qs.iter().zip(outs.iter_mut()) {
             let ty = weight_type(q.dtype())
                 .ok_or_else(|| kernel_err("weight format", format!("{:?}", q.dtype())))?;
             let (n, width) = q.shape().dims2()?;
-            if width != k {
+            if width != k || xs.len() != m * k {
                 return Err(kernel_err(
                     "shape",
-                    format!("input {dims:?} does not end in weight width {width}"),
+                    format!(
+                        "{m} input rows of {} values do not match weight width {width}",
+                        xs.len() / m.max(1)
+                    ),
+                ));
+            }
+            if out.len() != m * n {
+                return Err(kernel_err(
+                    "shape",
+                    format!("output of {} for {m} x {n}", out.len()),
                 ));
             }
             if quantized != Some(ty.activation_type()) {
@@ -121,16 +164,10 @@ pub fn forward_many(qs: &[&QTensor], x: &Tensor) -> candle_core::Result<Vec<Tens
                 Weights::from_bytes(ty, &bytes, n, k).map_err(|e| kernel_err("weights", e))?;
             // Each row's result is the same whatever rows come with it (the
             // kernels' row invariance), so a prompt in pieces matches it whole.
-            let mut out = vec![0f32; m * n];
-            huddle_kernels::matmul(pool(), &weights, &acts, &mut out)
+            huddle_kernels::matmul(pool(), &weights, &acts, out)
                 .map_err(|e| kernel_err("product", e))?;
-            let mut out_dims = dims.to_vec();
-            if let Some(last) = out_dims.last_mut() {
-                *last = n;
-            }
-            outs.push(Tensor::from_vec(out, out_dims, x.device())?);
         }
-        Ok(outs)
+        Ok(())
     })
 }
 

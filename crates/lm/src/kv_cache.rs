@@ -1,10 +1,10 @@
 //! The key/value cache of every layer.
 //!
-//! Storage is one `[kv_heads, capacity, head_dim]` tensor per layer for
-//! keys and one for values, pre-allocated and grown in whole chunks of
-//! [`CHUNK`] positions (at least a quarter more each time); new entries
-//! are written in place (`slice_set`), so a decode step never concatenates
-//! or copies the cache.
+//! Storage is one `[kv_heads, capacity, head_dim]` f32 array per layer
+//! for keys and one for values, pre-allocated and grown in whole chunks
+//! of [`CHUNK`] positions (at least a quarter more each time); new entries
+//! are copied in place from the projections' token-major rows, so a
+//! decode step never allocates, concatenates or copies the cache.
 //!
 //! Bounded cache (`max_kv_size`): like mlx-lm's `RotatingKVCache`, the
 //! first [`KEEP`] positions (attention sinks) always stay, and once the
@@ -16,7 +16,7 @@
 //! temporary concatenation, per prompt chunk, never per decoded token),
 //! then keeps the newest of them.
 
-use candle_core::{DType, Device, Tensor};
+use crate::fused::attention::HeadRows;
 
 /// Positions kept forever once the cache is bounded and full.
 pub const KEEP: usize = 4;
@@ -59,7 +59,8 @@ impl Step {
 pub struct KvCache {
     kv_heads: usize,
     head_dim: usize,
-    layers: Vec<(Tensor, Tensor)>,
+    /// Keys and values of each layer, `[kv_heads, capacity, head_dim]`.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
     capacity: usize,
     max: Option<usize>,
     /// Absolute position of each filled slot.
@@ -70,7 +71,8 @@ pub struct KvCache {
     next_position: usize,
     /// Positions attended in a `Concat` step (old slots, then new).
     concat_positions: Vec<usize>,
-    mask: Vec<f32>,
+    /// A `Concat` step's keys and values (old slots, then new tokens).
+    concat: (Vec<f32>, Vec<f32>),
 }
 
 impl KvCache {
@@ -81,10 +83,7 @@ impl KvCache {
         head_dim: usize,
         max_size: Option<usize>,
     ) -> candle_core::Result<Self> {
-        let empty = || Tensor::zeros((kv_heads, 0, head_dim), DType::F32, &Device::Cpu);
-        let layers = (0..num_layers)
-            .map(|_| Ok((empty()?, empty()?)))
-            .collect::<candle_core::Result<_>>()?;
+        let layers = (0..num_layers).map(|_| (Vec::new(), Vec::new())).collect();
         Ok(KvCache {
             kv_heads,
             head_dim,
@@ -95,7 +94,7 @@ impl KvCache {
             cursor: 0,
             next_position: 0,
             concat_positions: Vec::new(),
-            mask: Vec::new(),
+            concat: (Vec::new(), Vec::new()),
         })
     }
 
@@ -233,92 +232,113 @@ impl KvCache {
         if let Some(m) = self.max {
             capacity = capacity.min(m).max(needed.min(m));
         }
+        let (heads, hd, old) = (self.kv_heads, self.head_dim, self.capacity);
+        let grow = |data: &mut Vec<f32>| {
+            let mut fresh = vec![0f32; heads * capacity * hd];
+            for h in 0..heads {
+                fresh[h * capacity * hd..][..old * hd]
+                    .copy_from_slice(&data[h * old * hd..][..old * hd]);
+            }
+            *data = fresh;
+        };
         for (k, v) in &mut self.layers {
-            let grow = |old: &Tensor| -> candle_core::Result<Tensor> {
-                let t = Tensor::zeros(
-                    (self.kv_heads, capacity, self.head_dim),
-                    DType::F32,
-                    &Device::Cpu,
-                )?;
-                if old.dim(1)? > 0 {
-                    t.slice_set(old, 1, 0)?;
-                }
-                Ok(t)
-            };
-            *k = grow(k)?;
-            *v = grow(v)?;
+            grow(k);
+            grow(v);
         }
         tracing::debug!(capacity, "kv cache grown");
         self.capacity = capacity;
         Ok(())
     }
 
-    /// Stores layer `layer`'s new keys and values (`[kv_heads, t, head_dim]`,
-    /// contiguous) and returns the keys and values to attend over.
+    /// Stores layer `layer`'s new keys and values (`[t, kv_heads *
+    /// head_dim]`, token-major as the projections write them) and returns
+    /// the keys and values to attend over.
     pub fn update(
         &mut self,
         layer: usize,
         step: &Step,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let Some((kc, vc)) = self.layers.get(layer) else {
+        k: &[f32],
+        v: &[f32],
+    ) -> candle_core::Result<(HeadRows<'_>, HeadRows<'_>)> {
+        let (heads, hd, cap, t) = (self.kv_heads, self.head_dim, self.capacity, step.tokens);
+        if k.len() != t * heads * hd || v.len() != k.len() {
+            candle_core::bail!(
+                "kv cache: {t} tokens of {heads} heads x {hd} need {} keys and values, got {} and {}",
+                t * heads * hd,
+                k.len(),
+                v.len()
+            )
+        }
+        let Some((kc, vc)) = self.layers.get_mut(layer) else {
             candle_core::bail!("kv cache has no layer {layer}")
         };
-        let write = |cache: &Tensor, new: &Tensor| -> candle_core::Result<()> {
-            for w in step.writes.iter().flatten() {
-                if w.src == 0 && w.len == step.tokens {
-                    cache.slice_set(new, 1, w.slot)?;
-                } else {
-                    cache.slice_set(&new.narrow(1, w.src, w.len)?.contiguous()?, 1, w.slot)?;
-                }
+        fn rows(
+            data: &[f32],
+            (heads, len, hd, stride): (usize, usize, usize, usize),
+        ) -> HeadRows<'_> {
+            HeadRows {
+                data,
+                heads,
+                len,
+                head_dim: hd,
+                row_stride: hd,
+                head_stride: stride * hd,
             }
-            Ok(())
-        };
+        }
         match step.mode {
             Mode::InPlace { attend } => {
-                write(kc, k)?;
-                write(vc, v)?;
-                Ok((kc.narrow(1, 0, attend)?, vc.narrow(1, 0, attend)?))
+                write_steps(kc, k, step, heads, hd, cap);
+                write_steps(vc, v, step, heads, hd, cap);
+                let shape = (heads, attend, hd, cap);
+                Ok((rows(kc, shape), rows(vc, shape)))
             }
             Mode::Concat { cached } => {
-                let keys = Tensor::cat(&[&kc.narrow(1, 0, cached)?, k], 1)?;
-                let values = Tensor::cat(&[&vc.narrow(1, 0, cached)?, v], 1)?;
-                write(kc, k)?;
-                write(vc, v)?;
-                Ok((keys, values))
+                let seen = cached + t;
+                let (ck, cv) = &mut self.concat;
+                for (dst, cache, new) in [(&mut *ck, &*kc, k), (&mut *cv, &*vc, v)] {
+                    dst.clear();
+                    dst.resize(heads * seen * hd, 0.0);
+                    for h in 0..heads {
+                        let head = &mut dst[h * seen * hd..][..seen * hd];
+                        head[..cached * hd].copy_from_slice(&cache[h * cap * hd..][..cached * hd]);
+                        for i in 0..t {
+                            head[(cached + i) * hd..][..hd]
+                                .copy_from_slice(&new[(i * heads + h) * hd..][..hd]);
+                        }
+                    }
+                }
+                write_steps(kc, k, step, heads, hd, cap);
+                write_steps(vc, v, step, heads, hd, cap);
+                let shape = (heads, seen, hd, seen);
+                Ok((rows(ck, shape), rows(cv, shape)))
             }
         }
     }
 
-    /// The additive attention mask for `step` (`[tokens, keys]`, 0 or
-    /// -inf), or `None` when every query may see every key.
-    pub fn mask(
-        &mut self,
-        step: &Step,
-        window: Option<usize>,
-    ) -> candle_core::Result<Option<Tensor>> {
+    /// Writes the additive attention mask for `step` (`[tokens, keys]`,
+    /// 0 or -inf) into `mask` and returns whether it hides anything (when
+    /// not, every query may see every key and `mask` is left empty).
+    pub fn mask(&self, step: &Step, window: Option<usize>, mask: &mut Vec<f32>) -> bool {
+        mask.clear();
         let keys: &[usize] = match step.mode {
             Mode::InPlace { attend } => &self.positions[..attend],
             Mode::Concat { .. } => &self.concat_positions,
         };
         if step.tokens == 1 && window.is_none() {
-            return Ok(None);
+            return false;
         }
-        self.mask.clear();
         let mut any_hidden = false;
         for q in step.first_position..step.first_position + step.tokens {
             for &k in keys {
                 let visible = k <= q && window.is_none_or(|w| q - k < w);
                 any_hidden |= !visible;
-                self.mask
-                    .push(if visible { 0.0 } else { f32::NEG_INFINITY });
+                mask.push(if visible { 0.0 } else { f32::NEG_INFINITY });
             }
         }
         if !any_hidden {
-            return Ok(None);
+            mask.clear();
         }
-        Tensor::from_slice(&self.mask, (step.tokens, keys.len()), &Device::Cpu).map(Some)
+        any_hidden
     }
 
     /// Keeps positions `0..len` (see [`crate::Model::truncate_kv`]).
@@ -347,28 +367,38 @@ impl KvCache {
             .map(|(slot, p)| (*p, slot))
             .collect();
         kept.sort_unstable();
-        let slots: Vec<u32> = kept.iter().map(|(_, s)| *s as u32).collect();
-        if !slots.is_empty() {
-            let index = Tensor::new(slots.as_slice(), &Device::Cpu)?;
-            for (k, v) in &mut self.layers {
-                let nk = k.index_select(&index, 1)?;
-                let nv = v.index_select(&index, 1)?;
-                let fresh = || {
-                    Tensor::zeros(
-                        (self.kv_heads, self.capacity, self.head_dim),
-                        DType::F32,
-                        &Device::Cpu,
-                    )
-                };
-                let (fk, fv) = (fresh()?, fresh()?);
-                fk.slice_set(&nk, 1, 0)?;
-                fv.slice_set(&nv, 1, 0)?;
-                *k = fk;
-                *v = fv;
+        let slots: Vec<usize> = kept.iter().map(|(_, s)| *s).collect();
+        let (heads, hd, cap) = (self.kv_heads, self.head_dim, self.capacity);
+        let pick = |data: &mut Vec<f32>| {
+            let mut fresh = vec![0f32; heads * cap * hd];
+            for h in 0..heads {
+                for (to, &from) in slots.iter().enumerate() {
+                    fresh[(h * cap + to) * hd..][..hd]
+                        .copy_from_slice(&data[(h * cap + from) * hd..][..hd]);
+                }
             }
+            *data = fresh;
+        };
+        for (k, v) in &mut self.layers {
+            pick(k);
+            pick(v);
         }
         self.positions = kept.into_iter().map(|(p, _)| p).collect();
         Ok(())
+    }
+}
+
+/// Copies a step's new tokens (`[t, heads * head_dim]`) into a layer's
+/// `[heads, cap, head_dim]` storage at the step's slots.
+fn write_steps(cache: &mut [f32], new: &[f32], step: &Step, heads: usize, hd: usize, cap: usize) {
+    for w in step.writes.iter().flatten() {
+        for i in 0..w.len {
+            let (slot, src) = (w.slot + i, w.src + i);
+            for h in 0..heads {
+                cache[(h * cap + slot) * hd..][..hd]
+                    .copy_from_slice(&new[(src * heads + h) * hd..][..hd]);
+            }
+        }
     }
 }
 
@@ -376,17 +406,13 @@ impl KvCache {
 mod tests {
     use super::*;
 
-    fn entry(pos: usize, t: usize) -> Tensor {
-        // One kv head, head_dim 1: the stored value is the position.
-        let v: Vec<f32> = (pos..pos + t).map(|p| p as f32).collect();
-        Tensor::from_vec(v, (1, t, 1), &Device::Cpu).unwrap()
-    }
-
     fn push(cache: &mut KvCache, t: usize) -> Vec<f32> {
+        // One kv head, head_dim 1: the stored value is the position.
         let step = cache.begin(t).unwrap();
-        let new = entry(step.first_position(), t);
+        let pos = step.first_position();
+        let new: Vec<f32> = (pos..pos + t).map(|p| p as f32).collect();
         let (k, _) = cache.update(0, &step, &new, &new).unwrap();
-        k.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        (0..k.len).map(|i| k.row(0, i)[0]).collect()
     }
 
     #[test]
@@ -431,29 +457,15 @@ mod tests {
     fn causal_and_window_masks_hide_the_right_keys() {
         let mut c = KvCache::new(1, 1, 1, None).unwrap();
         let step = c.begin(3).unwrap();
-        let m = c
-            .mask(&step, None)
-            .unwrap()
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let mut m = Vec::new();
+        assert!(c.mask(&step, None, &mut m));
         let inf = f32::NEG_INFINITY;
-        assert_eq!(
-            m,
-            vec![vec![0., inf, inf], vec![0., 0., inf], vec![0., 0., 0.]]
-        );
-        let m = c
-            .mask(&step, Some(2))
-            .unwrap()
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(
-            m,
-            vec![vec![0., inf, inf], vec![0., 0., inf], vec![inf, 0., 0.]]
-        );
+        assert_eq!(m, vec![0., inf, inf, 0., 0., inf, 0., 0., 0.]);
+        assert!(c.mask(&step, Some(2), &mut m));
+        assert_eq!(m, vec![0., inf, inf, 0., 0., inf, inf, 0., 0.]);
         let step = c.begin(1).unwrap();
-        assert!(c.mask(&step, None).unwrap().is_none());
+        assert!(!c.mask(&step, None, &mut m));
+        assert!(m.is_empty());
     }
 
     #[test]
@@ -472,5 +484,46 @@ mod tests {
         assert_eq!(push(&mut c, 1), vec![0., 1., 2., 3., 6., 7.]);
         c.truncate(0).unwrap();
         assert_eq!(push(&mut c, 2), vec![0., 1.]);
+    }
+
+    #[test]
+    fn token_major_rows_land_in_their_heads_in_place_and_concatenated() {
+        // 2 heads of 3 values; value = 100 * position + 10 * head + d.
+        let (heads, hd) = (2, 3);
+        let rows = |pos: usize, t: usize| -> Vec<f32> {
+            (pos..pos + t)
+                .flat_map(|p| (0..heads).flat_map(move |h| (0..hd).map(move |d| (p, h, d))))
+                .map(|(p, h, d)| (100 * p + 10 * h + d) as f32)
+                .collect()
+        };
+        let check = |k: &HeadRows, positions: &[usize]| {
+            assert_eq!(k.len, positions.len());
+            for h in 0..heads {
+                for (i, &p) in positions.iter().enumerate() {
+                    let want: Vec<f32> = (0..hd).map(|d| (100 * p + 10 * h + d) as f32).collect();
+                    assert_eq!(k.row(h, i), &want[..], "head {h} row {i}");
+                }
+            }
+        };
+        let mut c = KvCache::new(1, heads, hd, Some(6)).unwrap();
+        let step = c.begin(4).unwrap();
+        let new = rows(0, 4);
+        let (k, v) = c.update(0, &step, &new, &new).unwrap();
+        check(&k, &[0, 1, 2, 3]);
+        check(&v, &[0, 1, 2, 3]);
+        // 3 more do not fit in 6: attended concatenated, then kept.
+        let step = c.begin(3).unwrap();
+        let new = rows(4, 3);
+        let (k, _) = c.update(0, &step, &new, &new).unwrap();
+        check(&k, &[0, 1, 2, 3, 4, 5, 6]);
+        let step = c.begin(1).unwrap();
+        let new = rows(7, 1);
+        let (k, _) = c.update(0, &step, &new, &new).unwrap();
+        let mut seen: Vec<usize> = (0..k.len).map(|i| k.row(0, i)[0] as usize / 100).collect();
+        let order = seen.clone();
+        check(&k, &order);
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2, 3, 6, 7]);
+        assert!(c.update(0, &step, &new[..3], &new).is_err());
     }
 }

@@ -81,6 +81,8 @@ enum LinearWeight {
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    /// The bias as plain values, for the slice path.
+    bias_values: Option<Vec<f32>>,
     /// Set on a `Split::Input` layer of a tensor group: its partial
     /// outputs are summed over the group (sharded-to-all).
     reduce: Option<Group>,
@@ -106,9 +108,23 @@ const F16_GEMM_ROWS: usize = 16;
 /// `q` when huddle-kernels should multiply `x` by it.
 fn kernel_weight<'a>(q: &'a QTensor, x: &Tensor) -> Option<&'a QTensor> {
     let width = x.dims().last().copied().unwrap_or(0).max(1);
-    let rows = x.elem_count() / width;
+    kernel_weight_for(q, x.elem_count() / width)
+}
+
+/// `q` when huddle-kernels should multiply `rows` activation rows by it.
+fn kernel_weight_for(q: &QTensor, rows: usize) -> Option<&QTensor> {
     let wide_f16 = q.dtype() == GgmlDType::F16 && rows >= F16_GEMM_ROWS;
     (kernel_matmul::supports(q) && !wide_f16).then_some(q)
+}
+
+/// A bias tensor's values.
+fn bias_values(bias: Option<&Tensor>) -> candle_core::Result<Option<Vec<f32>>> {
+    bias.map(|b| {
+        b.flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()
+    })
+    .transpose()
 }
 
 /// `x[..., in] @ w[out, in]^T` with candle's f32 gemm.
@@ -207,6 +223,7 @@ impl Linear {
         };
         Ok(Linear {
             weight,
+            bias_values: bias_values(bias.as_ref())?,
             bias,
             reduce: None,
         })
@@ -284,13 +301,19 @@ impl Linear {
         Ok(Linear {
             weight: LinearWeight::Quantized(qmatmul(q)?),
             bias: None,
+            bias_values: None,
             reduce: None,
         })
     }
 
     /// `x`: `[..., in]`, contiguous, f32. Returns `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match &self.weight {
+        self.finish(self.product(x)?)
+    }
+
+    /// `x @ weight^T`, before any sum over the group or bias.
+    fn product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(match &self.weight {
             LinearWeight::Quantized(QMatMul::QTensor(q)) => match kernel_weight(q, x) {
                 Some(q) => kernel_matmul::forward(q, x)?,
                 None if q.dtype() == GgmlDType::F16 => {
@@ -300,8 +323,7 @@ impl Linear {
             },
             LinearWeight::Quantized(q) => q.forward(x)?,
             LinearWeight::Float(w) => float_forward(x, w)?,
-        };
-        self.finish(y)
+        })
     }
 
     /// Several layers over the same input (q, k, v; gate, up): when all of
@@ -334,6 +356,85 @@ impl Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// Output features (this rank's, for a `Split::Output` layer).
+    pub fn out_features(&self) -> candle_core::Result<usize> {
+        match &self.weight {
+            LinearWeight::Quantized(QMatMul::QTensor(q)) => Ok(q.shape().dims2()?.0),
+            LinearWeight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w))
+            | LinearWeight::Float(w) => w.dim(0),
+        }
+    }
+
+    /// [`Linear::forward`] on slices: `x` holds `m` rows, `out` receives
+    /// `m` rows of [`Linear::out_features`]. On huddle-kernels' formats it
+    /// allocates nothing; other weights go through candle (and allocate).
+    pub fn forward_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), LmError> {
+        Linear::forward_all_into(&[self], x, m, &mut [out])
+    }
+
+    /// [`Linear::forward_all`] on slices: `outs[i]` receives `layers[i]`'s
+    /// output, `x` quantized once for all kernel-format layers.
+    pub fn forward_all_into(
+        layers: &[&Linear],
+        x: &[f32],
+        m: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), LmError> {
+        // On the stack: this runs several times per layer and step.
+        const MOST: usize = 4;
+        let mut qs: [Option<&QTensor>; MOST] = [None; MOST];
+        for (slot, l) in qs.iter_mut().zip(layers) {
+            *slot = match &l.weight {
+                LinearWeight::Quantized(QMatMul::QTensor(q)) => kernel_weight_for(q, m),
+                _ => None,
+            };
+        }
+        let all_kernel = layers.len() <= MOST && qs[..layers.len()].iter().all(Option::is_some);
+        match qs[0] {
+            Some(first) if all_kernel => {
+                let mut refs: [&QTensor; MOST] = [first; MOST];
+                for (r, q) in refs.iter_mut().zip(qs.iter().flatten()) {
+                    *r = q;
+                }
+                kernel_matmul::forward_many_into(&refs[..layers.len()], x, m, outs)?
+            }
+            _ => {
+                let k = x.len() / m.max(1);
+                let xt = Tensor::from_slice(x, (m, k), &candle_core::Device::Cpu)?;
+                for (l, out) in layers.iter().zip(outs.iter_mut()) {
+                    let y = l.product(&xt)?.flatten_all()?.to_vec1::<f32>()?;
+                    if y.len() != out.len() {
+                        return Err(LmError::Candle(candle_core::Error::Msg(format!(
+                            "linear: {} outputs for a buffer of {}",
+                            y.len(),
+                            out.len()
+                        ))));
+                    }
+                    out.copy_from_slice(&y);
+                }
+            }
+        }
+        for (l, out) in layers.iter().zip(outs.iter_mut()) {
+            l.finish_into(out)?;
+        }
+        Ok(())
+    }
+
+    /// [`Linear::finish`] on a slice of rows.
+    fn finish_into(&self, y: &mut [f32]) -> Result<(), LmError> {
+        if let Some(group) = &self.reduce {
+            crate::tp::all_sum_slice(y, group)?;
+        }
+        if let Some(b) = &self.bias_values {
+            for row in y.chunks_exact_mut(b.len()) {
+                for (v, &bi) in row.iter_mut().zip(b) {
+                    *v += bi;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn is_quantized(&self) -> bool {

@@ -4,8 +4,6 @@
 
 use std::f64::consts::PI;
 
-use candle_core::{Device, Tensor};
-
 use crate::config::{RopeScaling, TransformerConfig};
 
 const TABLE_CHUNK: usize = 1024;
@@ -15,8 +13,10 @@ pub struct Rope {
     /// YaRN's attention factor, folded into cos and sin.
     mscale: f64,
     interleaved: bool,
-    cos: Tensor,
-    sin: Tensor,
+    head_dim: usize,
+    /// `[cached, head_dim / 2]` each.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
     cached: usize,
     /// Geometric growth stops here (the context length).
     limit: usize,
@@ -108,8 +108,9 @@ impl Rope {
             ),
             mscale,
             interleaved: cfg.rope_interleaved,
-            cos: Tensor::zeros((0, cfg.head_dim / 2), candle_core::DType::F32, &Device::Cpu)?,
-            sin: Tensor::zeros((0, cfg.head_dim / 2), candle_core::DType::F32, &Device::Cpu)?,
+            head_dim: cfg.head_dim,
+            cos: Vec::new(),
+            sin: Vec::new(),
             cached: 0,
             limit: cfg.context_length,
         };
@@ -136,23 +137,30 @@ impl Rope {
                 sin.push((angle.sin() * self.mscale) as f32);
             }
         }
-        self.cos = Tensor::from_vec(cos, (len, half), &Device::Cpu)?;
-        self.sin = Tensor::from_vec(sin, (len, half), &Device::Cpu)?;
+        self.cos = cos;
+        self.sin = sin;
         self.cached = len;
         Ok(())
     }
 
-    /// Rotates `x` (`[1, heads, t, head_dim]`, contiguous) for positions
-    /// `pos..pos + t`. Call [`Rope::ensure`] first.
-    pub fn apply(&self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        let t = x.dim(2)?;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
-        if self.interleaved {
-            candle_nn::rotary_emb::rope_i(x, &cos, &sin)
-        } else {
-            candle_nn::rotary_emb::rope(x, &cos, &sin)
+    /// Rotates `x` in place: `t` token-major rows of `heads * head_dim`
+    /// values, for positions `pos..pos + t`. Call [`Rope::ensure`] first.
+    pub fn apply(&self, x: &mut [f32], heads: usize, pos: usize) -> candle_core::Result<()> {
+        let half = self.head_dim / 2;
+        let t = x.len() / (heads * self.head_dim).max(1);
+        if pos + t > self.cached {
+            candle_core::bail!(
+                "rope: positions up to {} past the table's {}",
+                pos + t,
+                self.cached
+            )
         }
+        let (cos, sin) = (
+            &self.cos[pos * half..(pos + t) * half],
+            &self.sin[pos * half..(pos + t) * half],
+        );
+        huddle_kernels::ops::rope(x, heads, self.head_dim, cos, sin, self.interleaved)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 
@@ -210,9 +218,10 @@ mod tests {
         assert_eq!(rope.cached, TABLE_CHUNK);
         rope.ensure(3000).unwrap();
         assert!(rope.cached >= 3000 && rope.cached <= 10_000);
-        let row = rope.cos.get(2999).unwrap().to_vec1::<f32>().unwrap();
+        let half = rope.inv_freq.len();
+        let got = rope.cos[2999 * half + 1];
         let want = (2999.0 * rope.inv_freq[1]).cos() as f32;
-        assert!((row[1] - want).abs() < 1e-6);
+        assert!((got - want).abs() < 1e-6);
     }
 
     fn tiny_config(interleaved: bool) -> TransformerConfig {
@@ -251,22 +260,9 @@ mod tests {
         let v: Vec<f32> = (0..8).map(|i| i as f32 + 1.0).collect();
         // llama.cpp's permutation: (head, 2, d/2) -> (head, d/2, 2).
         let perm: Vec<f32> = (0..4).flat_map(|i| [v[i], v[i + 4]]).collect();
-        let x = Tensor::from_vec(v, (1, 1, 1, 8), &Device::Cpu).unwrap();
-        let xp = Tensor::from_vec(perm, (1, 1, 1, 8), &Device::Cpu).unwrap();
-        let a = half
-            .apply(&x, 5)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = inter
-            .apply(&xp, 5)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let (mut a, mut b) = (v, perm);
+        half.apply(&mut a, 1, 5).unwrap();
+        inter.apply(&mut b, 1, 5).unwrap();
         let b_unperm: Vec<f32> = (0..8)
             .map(|j| if j < 4 { b[2 * j] } else { b[2 * (j - 4) + 1] })
             .collect();

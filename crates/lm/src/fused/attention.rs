@@ -13,13 +13,17 @@ use std::cell::RefCell;
 use huddle_kernels::{Kernels, ThreadPool};
 
 /// A `[heads, len, head_dim]` f32 array whose rows (`head_dim` values) are
-/// contiguous, with any distance between heads (a cache grown past `len`).
+/// contiguous, with any distances between rows and heads: a cache grown
+/// past `len` (`[heads, capacity, head_dim]`), or a projection's
+/// token-major output (`[len, heads * head_dim]`).
 #[derive(Clone, Copy)]
 pub struct HeadRows<'a> {
     pub data: &'a [f32],
     pub heads: usize,
     pub len: usize,
     pub head_dim: usize,
+    /// Elements from one row of a head to its next.
+    pub row_stride: usize,
     /// Elements from one head's first row to the next head's.
     pub head_stride: usize,
 }
@@ -32,12 +36,13 @@ impl HeadRows<'_> {
         }
         let last = (self.heads - 1)
             .checked_mul(self.head_stride)
-            .and_then(|h| h.checked_add(self.len * self.head_dim));
-        last.is_some_and(|end| end <= self.data.len())
+            .and_then(|h| h.checked_add((self.len - 1).checked_mul(self.row_stride)?))
+            .and_then(|r| r.checked_add(self.head_dim));
+        self.row_stride >= self.head_dim && last.is_some_and(|end| end <= self.data.len())
     }
 
-    fn row(&self, head: usize, i: usize) -> &[f32] {
-        let at = head * self.head_stride + i * self.head_dim;
+    pub(crate) fn row(&self, head: usize, i: usize) -> &[f32] {
+        let at = head * self.head_stride + i * self.row_stride;
         &self.data[at..at + self.head_dim]
     }
 }
@@ -92,7 +97,7 @@ impl Problem<'_> {
     fn check(&self, out_len: usize) -> Result<(), AttentionError> {
         let (q, k, v) = (&self.queries, &self.keys, &self.values);
         let hd = q.head_dim;
-        if !q.fits() || q.head_stride != q.len * hd {
+        if !q.fits() {
             return Err(AttentionError::Shape { what: "queries" });
         }
         if !k.fits() || k.head_dim != hd {
@@ -222,6 +227,7 @@ mod tests {
             heads,
             len,
             head_dim: hd,
+            row_stride: hd,
             head_stride: stride,
         }
     }
@@ -301,6 +307,23 @@ mod tests {
         decode.run(kernels, &ThreadPool::new(1), &mut one).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&one), bits(&out[(t - 1) * heads * hd..]));
+        // Token-major queries (`[t, heads * hd]`, as a projection writes
+        // them) through strides: the same bits.
+        let token_major: Vec<f32> = (0..t)
+            .flat_map(|i| (0..heads).flat_map(move |h| (0..hd).map(move |d| (i, h, d))))
+            .map(|(i, h, d)| q[(h * t + i) * hd + d])
+            .collect();
+        let strided = Problem {
+            queries: HeadRows {
+                row_stride: heads * hd,
+                head_stride: hd,
+                ..rows(&token_major, heads, t, hd, hd)
+            },
+            ..problem
+        };
+        let mut again = vec![0.0; t * heads * hd];
+        strided.run(kernels, &pool, &mut again).unwrap();
+        assert_eq!(bits(&again), bits(&out));
     }
 
     #[test]

@@ -8,3 +8,23 @@
 //! step all give the same bits for the same position.
 
 pub mod attention;
+
+/// Buffers of one layer's step, reused by every layer and every step
+/// (grown to the largest step seen, never shrunk).
+#[derive(Default)]
+pub struct Scratch {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub attn: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+}
+
+/// The first `n` values of `buf`, grown (zeroed) when it is shorter.
+pub fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    &mut buf[..n]
+}

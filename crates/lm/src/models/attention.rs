@@ -1,20 +1,22 @@
 //! Grouped-query self-attention with RoPE, optional q/k/v biases, optional
 //! per-head q/k RMSNorm (Qwen3), over the shared KV cache.
 //!
-//! The attention itself (scores, mask, softmax, values) runs fused on the
+//! Everything runs on the decoder's reused buffers: the projections write
+//! token-major rows, norms and RoPE work on them in place, and the
+//! attention itself (scores, mask, softmax, values) runs fused on the
 //! cache's own storage ([`crate::fused::attention`]): keys and values are
 //! never repeated per query head, and each query row's result does not
 //! depend on how many rows the step has.
 
 use std::ops::Range;
 
-use candle_core::{Device, Layout, Tensor};
 use huddle_kernels::Kernels;
 
 use super::norm::RmsNorm;
 use crate::config::TransformerConfig;
 use crate::error::LmError;
 use crate::fused::attention::{HeadRows, Problem};
+use crate::fused::{Scratch, sized};
 use crate::kernel_matmul;
 use crate::kv_cache::{KvCache, Step};
 use crate::linear::{Linear, Split};
@@ -135,115 +137,65 @@ impl Attention {
         self.num_kv_heads
     }
 
-    /// `x`: `[t, hidden]`; returns `[t, hidden]`.
-    pub fn forward(
+    /// `x`: `t` rows of the hidden size; the layer's output (after the
+    /// sum over the tensor group) into `out`, same shape. Projections,
+    /// norms, rotation and attention work in `scratch`, allocating nothing
+    /// once it has grown to the step's size.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_into(
         &self,
-        x: &Tensor,
-        layer: usize,
-        rope: &Rope,
+        x: &[f32],
+        t: usize,
+        (layer, rope): (usize, &Rope),
         kv: &mut KvCache,
         step: &Step,
-        mask: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        let t = x.dim(0)?;
+        mask: Option<&[f32]>,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) -> Result<(), LmError> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let pos = step.first_position();
-        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> candle_core::Result<Tensor> {
-            let y = y.reshape((t, n, hd))?;
-            let y = match norm {
-                Some(norm) => norm.forward(&y)?,
-                None => y,
-            };
-            y.transpose(0, 1)?.contiguous()
-        };
-        let mut qkv = Linear::forward_all(&[&self.q, &self.k, &self.v], x)?.into_iter();
-        let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
-            candle_core::bail!("attention: q, k and v projections missing")
-        };
-        let q = rope.apply(&heads(q, nh, &self.q_norm)?.unsqueeze(0)?, pos)?;
-        let k = rope
-            .apply(&heads(k, nkv, &self.k_norm)?.unsqueeze(0)?, pos)?
-            .squeeze(0)?;
-        let v = heads(v, nkv, &None)?;
-        let (keys, values) = kv.update(layer, step, &k, &v)?;
-        let out = self.attend(&q.squeeze(0)?, &keys, &values, mask)?;
-        let out = Tensor::from_vec(out, (t, nh * hd), &Device::Cpu)?;
-        self.o.forward(&out)
-    }
-
-    /// Attention of `q` (`[heads, t, head_dim]`) over the cache's keys and
-    /// values (`[kv_heads, seen, head_dim]`, rows contiguous), as
-    /// `[t, heads * head_dim]` values.
-    fn attend(
-        &self,
-        q: &Tensor,
-        keys: &Tensor,
-        values: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> candle_core::Result<Vec<f32>> {
-        let (heads, t, hd) = q.dims3()?;
-        let q = q.contiguous()?;
-        let (keys, values) = (rows_contiguous(keys)?, rows_contiguous(values)?);
-        let mask = mask.map(Tensor::contiguous).transpose()?;
-        // Read guards on the storages, held while the slices are in use.
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = keys.storage_and_layout();
-        let (vs, vl) = values.storage_and_layout();
-        let ms = mask.as_ref().map(|m| m.storage_and_layout());
-        let (qd, kd, vd) = (cpu_f32(&qs)?, cpu_f32(&ks)?, cpu_f32(&vs)?);
-        let mask = match &ms {
-            Some((s, l)) => Some(cpu_f32(s)?.get(l.start_offset()..).ok_or_else(|| {
-                candle_core::Error::Msg("attention: mask offset past its storage".into())
-            })?),
-            None => None,
-        };
+        let Scratch { q, k, v, attn, .. } = scratch;
+        let (q, k, v) = (
+            sized(q, t * nh * hd),
+            sized(k, t * nkv * hd),
+            sized(v, t * nkv * hd),
+        );
+        Linear::forward_all_into(
+            &[&self.q, &self.k, &self.v],
+            x,
+            t,
+            &mut [&mut *q, &mut *k, &mut *v],
+        )?;
+        if let Some(norm) = &self.q_norm {
+            norm.in_place(q)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            norm.in_place(k)?;
+        }
+        rope.apply(q, nh, pos)?;
+        rope.apply(k, nkv, pos)?;
+        let (keys, values) = kv.update(layer, step, k, v)?;
         let problem = Problem {
-            queries: head_rows(qd, ql)?,
-            keys: head_rows(kd, kl)?,
-            values: head_rows(vd, vl)?,
+            // Token-major, as the projection wrote them.
+            queries: HeadRows {
+                data: q,
+                heads: nh,
+                len: t,
+                head_dim: hd,
+                row_stride: nh * hd,
+                head_stride: hd,
+            },
+            keys,
+            values,
             mask,
             kv_of_head: &self.kv_of_head,
             scale: 1.0 / (hd as f32).sqrt(),
         };
-        let mut out = vec![0f32; t * heads * hd];
+        let attn = sized(attn, t * nh * hd);
         problem
-            .run(Kernels::best(), kernel_matmul::pool(), &mut out)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(out)
-    }
-}
-
-/// `t` itself when its rows (last dimension) are contiguous, else a copy.
-fn rows_contiguous(t: &Tensor) -> candle_core::Result<Tensor> {
-    let l = t.layout();
-    if l.dims().len() == 3 && l.stride()[2] == 1 && l.stride()[1] == l.dims()[2] {
-        Ok(t.clone())
-    } else {
-        t.contiguous()
-    }
-}
-
-/// The rows of a 3-d tensor whose last dimension is contiguous.
-fn head_rows<'a>(data: &'a [f32], l: &Layout) -> candle_core::Result<HeadRows<'a>> {
-    let (dims, stride) = (l.dims(), l.stride());
-    if dims.len() != 3 || stride[2] != 1 || stride[1] != dims[2] {
-        candle_core::bail!("attention: rows of {dims:?} (strides {stride:?}) are not contiguous")
-    }
-    let data = data.get(l.start_offset()..).ok_or_else(|| {
-        candle_core::Error::Msg("attention: tensor offset past its storage".into())
-    })?;
-    Ok(HeadRows {
-        data,
-        heads: dims[0],
-        len: dims[1],
-        head_dim: dims[2],
-        head_stride: stride[0],
-    })
-}
-
-fn cpu_f32(s: &candle_core::Storage) -> candle_core::Result<&[f32]> {
-    match s {
-        candle_core::Storage::Cpu(c) => c.as_slice::<f32>(),
-        _ => candle_core::bail!("attention runs on the CPU"),
+            .run(Kernels::best(), kernel_matmul::pool(), attn)
+            .map_err(|e| LmError::Candle(candle_core::Error::Msg(e.to_string())))?;
+        self.o.forward_into(attn, t, out)
     }
 }

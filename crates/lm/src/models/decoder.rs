@@ -17,6 +17,7 @@ use super::moe::SparseMoe;
 use super::norm::RmsNorm;
 use crate::config::TransformerConfig;
 use crate::error::LmError;
+use crate::fused::{Scratch, sized};
 use crate::kv_cache::{KvCache, Step};
 use crate::linear::{Linear, Split};
 use crate::model::Logits;
@@ -25,6 +26,12 @@ use crate::rope::Rope;
 use crate::tp;
 use crate::weights::Loader;
 
+/// `x += delta`, as a model error.
+fn add(x: &mut [f32], delta: &[f32]) -> Result<(), LmError> {
+    huddle_kernels::ops::add(x, delta)
+        .map_err(|e| LmError::Candle(candle_core::Error::Msg(format!("residual: {e}"))))
+}
+
 #[derive(Debug, Clone)]
 enum FeedForward {
     Dense(Mlp),
@@ -32,10 +39,28 @@ enum FeedForward {
 }
 
 struct Block {
-    attn_norm: Tensor,
+    attn_norm: RmsNorm,
     attn: Attention,
-    ffn_norm: Tensor,
+    ffn_norm: RmsNorm,
     ffn: FeedForward,
+}
+
+/// The buffers of a step, kept from step to step: a decode step on
+/// kernel-format weights allocates nothing but the logits it returns.
+#[derive(Default)]
+struct Workspace {
+    /// The residual stream, `[t, hidden]`.
+    x: Vec<f32>,
+    /// A norm's output, the next layer's input.
+    h: Vec<f32>,
+    /// A block's output, added to `x`.
+    delta: Vec<f32>,
+    /// The step's attention mask, when it hides anything.
+    mask: Vec<f32>,
+    /// This rank's part of the logits, then all of them.
+    part: Vec<f32>,
+    logits: Vec<f32>,
+    scratch: Scratch,
 }
 
 /// The last stage's final norm and output head.
@@ -57,6 +82,7 @@ pub struct Decoder {
     group: Group,
     stage: Stage,
     pipeline: Group,
+    ws: Workspace,
 }
 
 impl Decoder {
@@ -99,9 +125,14 @@ impl Decoder {
                 )?),
             };
             blocks.push(Block {
-                attn_norm: loader.float(&format!("{p}.input_layernorm.weight"), &[h])?,
+                attn_norm: RmsNorm::load(loader, &format!("{p}.input_layernorm.weight"), h, eps)?,
                 attn: Attention::load(loader, &format!("{p}.self_attn"), &cfg)?,
-                ffn_norm: loader.float(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                ffn_norm: RmsNorm::load(
+                    loader,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                    eps,
+                )?,
                 ffn,
             });
         }
@@ -139,6 +170,7 @@ impl Decoder {
             group,
             stage,
             pipeline: pipeline.clone(),
+            ws: Workspace::default(),
         })
     }
 
@@ -158,32 +190,34 @@ impl Decoder {
             .map_or(self.cfg.num_kv_heads, |b| b.attn.local_kv_heads())
     }
 
-    /// The full `[t, vocab]` logits from every rank's `[t, range]` slice.
-    fn gather_vocab(&self, part: Tensor) -> Result<Tensor, LmError> {
+    /// The full `[t, vocab]` logits into `all` from every rank's `[t,
+    /// range]` slice in `part`.
+    fn gather_vocab(&self, part: &[f32], t: usize, all: &mut Vec<f32>) -> Result<(), LmError> {
         let size = self.group.size();
-        if size <= 1 {
-            return Ok(part);
-        }
-        let t = part.dim(0)?;
         let vocab = self.cfg.vocab_size;
-        let widths: Vec<usize> = (0..size)
-            .map(|r| tp::balanced(vocab, size, r).len())
-            .collect();
-        let counts: Vec<usize> = widths.iter().map(|w| w * t).collect();
-        let mine = part.flatten_all()?.to_vec1::<f32>()?;
-        let mut all = vec![0f32; t * vocab];
-        tp::all_gather_varied(&self.group, &mine, &mut all, &counts)?;
-        let all = Tensor::from_vec(all, t * vocab, &Device::Cpu)?;
+        let all = sized(all, t * vocab);
+        if size <= 1 {
+            all.copy_from_slice(part);
+            return Ok(());
+        }
+        let widths = |r| tp::balanced(vocab, size, r).len();
+        let counts: Vec<usize> = (0..size).map(|r| widths(r) * t).collect();
         if t == 1 {
-            return Ok(all.reshape((1, vocab))?);
+            return tp::all_gather_varied(&self.group, part, all, &counts);
         }
-        let mut at = 0;
-        let mut blocks = Vec::with_capacity(size);
-        for w in widths {
-            blocks.push(all.narrow(0, at, w * t)?.reshape((t, w))?);
+        // Rank blocks of `[t, width]` each, then interleaved into rows.
+        let mut blocks = vec![0f32; t * vocab];
+        tp::all_gather_varied(&self.group, part, &mut blocks, &counts)?;
+        let (mut at, mut col) = (0, 0);
+        for r in 0..size {
+            let w = widths(r);
+            for (i, row) in blocks[at..at + w * t].chunks_exact(w).enumerate() {
+                all[i * vocab + col..][..w].copy_from_slice(row);
+            }
             at += w * t;
+            col += w;
         }
-        Ok(Tensor::cat(&blocks, 1)?)
+        Ok(())
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -218,10 +252,14 @@ impl Decoder {
                 context_length: self.cfg.context_length,
             });
         }
-        let result = self.prepare(t, kv).and_then(|(step, mask)| {
-            self.run(tokens, kv, &step, mask.as_ref(), logits)
-                .map_err(|e| self.stage_failed(e))
-        });
+        let mut ws = std::mem::take(&mut self.ws);
+        let result = self
+            .prepare(t, kv, &mut ws.mask)
+            .and_then(|(step, masked)| {
+                self.run(tokens, kv, &step, masked, logits, &mut ws)
+                    .map_err(|e| self.stage_failed(e))
+            });
+        self.ws = ws;
         if result.is_err() {
             // Leave the cache as it was before this step, not half-written.
             let _ = kv.truncate(position);
@@ -231,11 +269,17 @@ impl Decoder {
 
     /// Everything a step does before any rank talks to another; it fails
     /// (or not) alike on every rank, whose caches are in the same state.
-    fn prepare(&mut self, t: usize, kv: &mut KvCache) -> Result<(Step, Option<Tensor>), LmError> {
+    /// Returns the step and whether `mask` holds a mask for it.
+    fn prepare(
+        &mut self,
+        t: usize,
+        kv: &mut KvCache,
+        mask: &mut Vec<f32>,
+    ) -> Result<(Step, bool), LmError> {
         self.rope.ensure(kv.len() + t)?;
         let step = kv.begin(t)?;
-        let mask = kv.mask(&step, self.cfg.sliding_window)?;
-        Ok((step, mask))
+        let masked = kv.mask(&step, self.cfg.sliding_window, mask);
+        Ok((step, masked))
     }
 
     /// An error once the step's communication began: a failed collective
@@ -266,44 +310,80 @@ impl Decoder {
         tokens: &[u32],
         kv: &mut KvCache,
         step: &Step,
-        mask: Option<&Tensor>,
+        masked: bool,
         logits: Logits,
+        ws: &mut Workspace,
     ) -> Result<Tensor, LmError> {
-        let t = tokens.len();
-        let eps = self.cfg.rms_norm_eps as f32;
+        let (t, hs) = (tokens.len(), self.cfg.hidden_size);
         let stage = self.stage.index;
-        let mut x = match &self.embed {
-            Some(embed) => embed.forward(tokens)?,
-            None => pp::recv(&self.pipeline, t, self.cfg.hidden_size, stage - 1)?,
-        };
+        let Workspace {
+            x,
+            h,
+            delta,
+            mask,
+            part,
+            logits: all,
+            scratch,
+        } = ws;
+        let (x, h, delta) = (sized(x, t * hs), sized(h, t * hs), sized(delta, t * hs));
+        let mask = masked.then_some(&mask[..]);
+        match &self.embed {
+            Some(embed) => embed.forward_into(tokens, x)?,
+            None => pp::recv_into(&self.pipeline, x, stage - 1)?,
+        }
+        // `delta` waits to be added to `x` until the next norm reads it.
+        let mut pending = false;
         for (i, block) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
-            let h = block.attn.forward(&h, i, &self.rope, kv, step, mask)?;
-            x = (x + h)?;
-            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
-            let h = match &block.ffn {
-                FeedForward::Dense(mlp) => mlp.forward(&h)?,
-                FeedForward::Sparse(moe) => moe.forward(&h)?,
-            };
-            x = (x + h)?;
+            if pending {
+                block.attn_norm.add_forward_into(x, delta, h)?;
+            } else {
+                block.attn_norm.forward_into(x, h)?;
+            }
+            let layer = (i, &self.rope);
+            block
+                .attn
+                .forward_into(h, t, layer, kv, step, mask, scratch, delta)?;
+            block.ffn_norm.add_forward_into(x, delta, h)?;
+            match &block.ffn {
+                FeedForward::Dense(mlp) => mlp.forward_into(h, t, scratch, delta)?,
+                FeedForward::Sparse(moe) => {
+                    let y = moe.forward(&Tensor::from_slice(&h[..], (t, hs), &Device::Cpu)?)?;
+                    delta.copy_from_slice(&y.flatten_all()?.to_vec1::<f32>()?);
+                }
+            }
+            pending = true;
         }
         let Some(output) = &self.output else {
-            pp::send(&self.pipeline, &x, stage + 1)?;
+            if pending {
+                add(x, delta)?;
+            }
+            pp::send_slice(&self.pipeline, x, stage + 1)?;
             return self.logits_from_last_stage(t, logits);
         };
-        let x = match logits {
-            Logits::Last => x.narrow(0, t - 1, 1)?,
-            Logits::All => x,
+        let rows = match logits {
+            Logits::Last => t - 1..t,
+            Logits::All => 0..t,
         };
-        let out = self.gather_vocab(output.head.forward(&output.norm.forward(&x)?)?)?;
+        let m = rows.len();
+        let span = rows.start * hs..rows.end * hs;
+        if pending {
+            add(&mut x[span.clone()], &delta[span.clone()])?;
+        }
+        let normed = &mut h[..m * hs];
+        output.norm.forward_into(&x[span], normed)?;
+        let part = sized(part, m * output.head.out_features()?);
+        output.head.forward_into(normed, m, part)?;
+        self.gather_vocab(part, m, all)?;
+        let vocab = self.cfg.vocab_size;
+        let out = &all[..m * vocab];
         // Every tensor rank of the last stage holds the full logits; the
         // one in the driving rank's pipeline group hands them back.
         if stage != 0 && self.group.rank() == 0 {
-            pp::send(&self.pipeline, &out, 0)?;
+            pp::send_slice(&self.pipeline, out, 0)?;
         }
         Ok(match logits {
-            Logits::Last => out.squeeze(0)?,
-            Logits::All => out,
+            Logits::Last => Tensor::from_slice(out, vocab, &Device::Cpu)?,
+            Logits::All => Tensor::from_slice(out, (m, vocab), &Device::Cpu)?,
         })
     }
 
@@ -315,9 +395,15 @@ impl Decoder {
         }
         let last = self.stage.stages - 1;
         let vocab = self.cfg.vocab_size;
+        let rows = match logits {
+            Logits::Last => 1,
+            Logits::All => t,
+        };
+        let mut out = vec![0f32; rows * vocab];
+        pp::recv_into(&self.pipeline, &mut out, last)?;
         Ok(match logits {
-            Logits::Last => pp::recv(&self.pipeline, 1, vocab, last)?.squeeze(0)?,
-            Logits::All => pp::recv(&self.pipeline, t, vocab, last)?,
+            Logits::Last => Tensor::from_vec(out, vocab, &Device::Cpu)?,
+            Logits::All => Tensor::from_vec(out, (t, vocab), &Device::Cpu)?,
         })
     }
 }

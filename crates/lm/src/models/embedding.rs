@@ -8,8 +8,10 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use huddle_comm::Group;
+use huddle_kernels::Weights;
 
 use crate::error::LmError;
+use crate::kernel_matmul;
 use crate::linear::Linear;
 use crate::model::Quantize;
 use crate::tp;
@@ -76,6 +78,52 @@ impl Embedding {
         let keep = Tensor::from_vec(keep, (tokens.len(), 1), &Device::Cpu)?;
         let x = self.lookup(&local)?.broadcast_mul(&keep)?;
         tp::all_sum_in_place(x, &self.group)
+    }
+
+    /// [`Embedding::forward`] into `out` (`tokens.len()` rows of the
+    /// hidden size). Tables in huddle-kernels' formats are read row by
+    /// row, allocating nothing; others go through candle.
+    pub fn forward_into(&self, tokens: &[u32], out: &mut [f32]) -> Result<(), LmError> {
+        let kernel = match &self.table {
+            Table::Quantized(q) if kernel_matmul::supports(q) => Some(q),
+            _ => None,
+        };
+        let Some(q) = kernel else {
+            let x = self.forward(tokens)?.flatten_all()?.to_vec1::<f32>()?;
+            if x.len() != out.len() {
+                return Err(LmError::Candle(candle_core::Error::Msg(format!(
+                    "embedding: {} values for a buffer of {}",
+                    x.len(),
+                    out.len()
+                ))));
+            }
+            out.copy_from_slice(&x);
+            return Ok(());
+        };
+        let (n, width) = q.shape().dims2()?;
+        let ty = kernel_matmul::weight_type(q.dtype()).ok_or_else(|| {
+            candle_core::Error::Msg(format!("embedding table of {:?}", q.dtype()))
+        })?;
+        let bytes = q.data()?;
+        let kernel_err = |e: huddle_kernels::KernelError| {
+            LmError::Candle(candle_core::Error::Msg(format!("embedding: {e}")))
+        };
+        let table = Weights::from_bytes(ty, &bytes, n, width).map_err(kernel_err)?;
+        if out.len() != tokens.len() * width {
+            return Err(kernel_err(huddle_kernels::KernelError::Size {
+                what: "embedding output",
+                expected: tokens.len() * width,
+                actual: out.len(),
+            }));
+        }
+        for (&id, row) in tokens.iter().zip(out.chunks_exact_mut(width)) {
+            match (id as usize).checked_sub(self.rows.start) {
+                Some(local) if local < n => table.dequantize_row(local, row).map_err(kernel_err)?,
+                // Another rank's token: zeros, filled in by the all_sum.
+                _ => row.fill(0.0),
+            }
+        }
+        tp::all_sum_slice(out, &self.group)
     }
 
     fn lookup(&self, ids: &[u32]) -> candle_core::Result<Tensor> {

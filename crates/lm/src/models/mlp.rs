@@ -5,6 +5,7 @@ use std::ops::Range;
 use candle_core::Tensor;
 
 use crate::error::LmError;
+use crate::fused::{Scratch, sized};
 use crate::linear::{Linear, Split};
 use crate::tp;
 use crate::weights::Loader;
@@ -107,6 +108,25 @@ impl Mlp {
             up: part(names.up, (hidden, intermediate), Split::Output)?,
             down: part(names.down, (intermediate, hidden), down_split)?,
         })
+    }
+
+    /// [`Mlp::forward`] of `t` rows into `out`, through `scratch`.
+    pub fn forward_into(
+        &self,
+        x: &[f32],
+        t: usize,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) -> Result<(), LmError> {
+        let width = self.gate.out_features()?;
+        let (gate, up) = (
+            sized(&mut scratch.gate, t * width),
+            sized(&mut scratch.up, t * width),
+        );
+        Linear::forward_all_into(&[&self.gate, &self.up], x, t, &mut [&mut *gate, &mut *up])?;
+        huddle_kernels::ops::swiglu(gate, up)
+            .map_err(|e| LmError::Candle(candle_core::Error::Msg(format!("mlp: {e}"))))?;
+        self.down.forward_into(gate, t, out)
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -1,6 +1,7 @@
 //! RMSNorm with a learned scale.
 
 use candle_core::Tensor;
+use huddle_kernels::{Kernels, ops};
 
 use crate::error::LmError;
 use crate::weights::Loader;
@@ -8,13 +9,21 @@ use crate::weights::Loader;
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
+    /// The scale as plain values, for the slice path.
+    values: Vec<f32>,
     eps: f32,
+}
+
+fn kernel_err(e: huddle_kernels::KernelError) -> LmError {
+    LmError::Candle(candle_core::Error::Msg(format!("rms_norm: {e}")))
 }
 
 impl RmsNorm {
     pub fn load(loader: &mut Loader, name: &str, dim: usize, eps: f64) -> Result<Self, LmError> {
+        let weight = loader.float(name, &[dim])?;
         Ok(RmsNorm {
-            weight: loader.float(name, &[dim])?,
+            values: weight.to_vec1::<f32>()?,
+            weight,
             eps: eps as f32,
         })
     }
@@ -22,5 +31,26 @@ impl RmsNorm {
     /// Normalizes over the last dimension of a contiguous tensor.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+
+    /// Rows of `x` normalized into `out`.
+    pub fn forward_into(&self, x: &[f32], out: &mut [f32]) -> Result<(), LmError> {
+        ops::rms_norm(Kernels::best(), x, &self.values, self.eps, out).map_err(kernel_err)
+    }
+
+    /// Rows of `x` normalized in place (per-head q/k norms).
+    pub fn in_place(&self, x: &mut [f32]) -> Result<(), LmError> {
+        ops::rms_norm_in_place(Kernels::best(), x, &self.values, self.eps).map_err(kernel_err)
+    }
+
+    /// The residual step: `x += delta`, then its rows normalized into `out`.
+    pub fn add_forward_into(
+        &self,
+        x: &mut [f32],
+        delta: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), LmError> {
+        ops::add_rms_norm(Kernels::best(), x, delta, &self.values, self.eps, out)
+            .map_err(kernel_err)
     }
 }

@@ -10,7 +10,6 @@ mod plan;
 
 use std::ops::Range;
 
-use candle_core::{Device, Tensor};
 use huddle_comm::Group;
 
 pub use crew::Crew;
@@ -64,17 +63,14 @@ impl Stage {
     }
 }
 
-/// Sends a contiguous f32 tensor to pipeline rank `dst`.
-pub fn send(group: &Group, x: &Tensor, dst: usize) -> Result<(), LmError> {
-    let data = x.flatten_all()?.to_vec1::<f32>()?;
-    timed(4 * data.len() as u64, || group.send(&data, dst)).map_err(LmError::comm)
+/// Sends hidden states (or logits) to pipeline rank `dst`.
+pub fn send_slice(group: &Group, x: &[f32], dst: usize) -> Result<(), LmError> {
+    timed(4 * x.len() as u64, || group.send(x, dst)).map_err(LmError::comm)
 }
 
-/// Receives a `[rows, cols]` f32 tensor from pipeline rank `src`.
-pub fn recv(group: &Group, rows: usize, cols: usize, src: usize) -> Result<Tensor, LmError> {
-    let mut data = vec![0f32; rows * cols];
-    timed(0, || group.recv(&mut data, src)).map_err(LmError::comm)?;
-    Ok(Tensor::from_vec(data, (rows, cols), &Device::Cpu)?)
+/// Receives `out.len()` values from pipeline rank `src` into `out`.
+pub fn recv_into(group: &Group, out: &mut [f32], src: usize) -> Result<(), LmError> {
+    timed(0, || group.recv(out, src)).map_err(LmError::comm)
 }
 
 #[cfg(test)]

@@ -72,3 +72,13 @@ pub fn all_sum_in_place(t: Tensor, group: &Group) -> candle_core::Result<Tensor>
     t.inplace_op1(&AllSum { group })?;
     Ok(t)
 }
+
+/// Sums `values` over `group`, in place (a workspace buffer's partial
+/// outputs of a sharded-to-all layer).
+pub fn all_sum_slice(values: &mut [f32], group: &Group) -> Result<(), crate::error::LmError> {
+    if group.size() <= 1 {
+        return Ok(());
+    }
+    let bytes = all_sum_bytes(group, 4 * values.len() as u64);
+    timed(bytes, || group.all_sum(values)).map_err(crate::error::LmError::comm)
+}

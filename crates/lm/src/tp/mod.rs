@@ -16,7 +16,7 @@ use huddle_comm::Group;
 use crate::comm_stats::{all_gather_bytes, timed};
 use crate::error::LmError;
 
-pub use all_sum::{all_sum_in_place, take_comm_error};
+pub use all_sum::{all_sum_in_place, all_sum_slice, take_comm_error};
 pub use fingerprint::{check_same_model, fingerprint};
 
 /// `rank`'s part of `0..n` divided into `size` balanced parts; the first
