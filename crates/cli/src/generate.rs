@@ -12,6 +12,7 @@ use huddle_lm::generate::{GenerateOptions, Generation, encode_chat, encode_plain
 use huddle_lm::sampling::SamplingParams;
 use huddle_lm::{
     ChatTemplate, CommStats, LoadOptions, Message, Model, PipelineSplit, Quantize, Tokenizer,
+    TpReduce,
 };
 
 /// Which model to load and how.
@@ -48,6 +49,18 @@ pub struct ModelArgs {
     /// add up to the model's layers.
     #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
     pub layers: Option<Vec<usize>>,
+    /// How tensor-parallel ranks combine the attention output and MLP
+    /// down projections of quantized weights: sum (one all_sum per layer,
+    /// fastest; logits drift a few % of their range from one rank's) or
+    /// gather (two all_gathers per layer; bit-identical to one rank).
+    #[arg(long, value_enum, default_value_t = ReduceArg::Sum)]
+    pub tp_reduce: ReduceArg,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceArg {
+    Sum,
+    Gather,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +225,10 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         max_kv_size: args.max_kv_size,
         progress: group.rank() == 0 && std::io::stderr().is_terminal(),
         pipeline_split: args.split(),
+        tp_reduce: match args.tp_reduce {
+            ReduceArg::Sum => TpReduce::Sum,
+            ReduceArg::Gather => TpReduce::Gather,
+        },
     };
     let (stage, t) = (group.rank() / layout.tensor, group.rank() % layout.tensor);
     let (pipeline, tensor) = if layout.stages == 1 {

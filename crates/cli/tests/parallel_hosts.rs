@@ -167,8 +167,9 @@ fn read_logits(path: &Path) -> Vec<f32> {
         .collect()
 }
 
-/// Every prompt position's logits, split over hosts three ways, within
-/// the quantized tolerance of one rank's (pipeline only: bit-identical).
+/// Every prompt position's logits, split over hosts four ways, within
+/// the quantized tolerance of one rank's (pipeline only, and tensor
+/// parallel with `--tp-reduce gather`: bit-identical).
 fn logits_across_hosts_match_one_rank(hosts: &Hosts, model: &Path) {
     let one = hosts.dir.join("one.logits");
     let cmd = generate_args(model, &["--dump-logits", path_str(&one)]);
@@ -177,8 +178,9 @@ fn logits_across_hosts_match_one_rank(hosts: &Hosts, model: &Path) {
     let want = read_logits(&one);
     let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(!want.is_empty() && max > 0.0, "one rank wrote no logits");
-    let layouts: [(&str, usize, usize, &[&str]); 3] = [
+    let layouts: [(&str, usize, usize, &[&str]); 4] = [
         ("TP=2", 2, 1, &[]),
+        ("TP=2 gathered", 2, 1, &["--tp-reduce", "gather"]),
         ("PP=2", 2, 1, &["--pipeline"]),
         (
             "TP=2 x PP=2",
@@ -200,8 +202,8 @@ fn logits_across_hosts_match_one_rank(hosts: &Hosts, model: &Path) {
             .zip(&want)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         eprintln!("{what} across hosts: max abs diff {diff:.3e} (max|logit| {max:.3})");
-        if flags == ["--pipeline"] {
-            assert_eq!(diff, 0.0, "{what}: pipeline logits differ from one rank's");
+        if flags == ["--pipeline"] || flags.contains(&"gather") {
+            assert_eq!(diff, 0.0, "{what}: logits differ from one rank's");
         }
         assert!(
             diff <= TOLERANCE * max,

@@ -38,3 +38,4 @@ pub use model::{LoadOptions, Logits, Model, ModelInfo, Quantize, sharded_load};
 pub use pp::PipelineSplit;
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
+pub use tp::TpReduce;

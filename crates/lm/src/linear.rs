@@ -7,6 +7,7 @@
 //! sums its partial outputs over the tensor group in place, on the freshly
 //! computed output's own storage. A single process reads everything.
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use huddle_comm::Group;
 use crate::error::LmError;
 use crate::kernel_matmul;
 use crate::model::Quantize;
-use crate::tp::all_sum_in_place;
+use crate::tp::{self, TpReduce, all_sum_in_place};
 use crate::weights::{Loader, Slice, Weight};
 
 /// How a layer divides across tensor-parallel ranks.
@@ -86,6 +87,24 @@ pub struct Linear {
     /// Set on a `Split::Input` layer of a tensor group: its partial
     /// outputs are summed over the group (sharded-to-all).
     reduce: Option<Group>,
+    /// Set instead on a `Split::Input` layer in [`TpReduce::Gather`] mode:
+    /// this rank holds whole rows of the weight.
+    gather: Option<Gather>,
+}
+
+/// A sharded-to-all layer computed exactly ([`crate::tp::reduce`]).
+#[derive(Debug, Clone)]
+struct Gather {
+    group: Group,
+    /// Input features each rank holds, in rank order.
+    inputs: Vec<usize>,
+    /// Output features (weight rows) each rank computes.
+    outputs: Vec<usize>,
+}
+
+thread_local! {
+    // The gathered input, this rank's output rows, and gather scratch.
+    static GATHER_BUFS: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// candle's `QMatMul::from_arc` turns F16 blocks into an f32 tensor; the
@@ -226,6 +245,7 @@ impl Linear {
             bias_values: bias_values(bias.as_ref())?,
             bias,
             reduce: None,
+            gather: None,
         })
     }
 
@@ -265,6 +285,10 @@ impl Linear {
             return Linear::load_slice(loader, prefix, in_dim, out_dim, bias, &Slice::Rows(range));
         }
         let block = loader.block_size(&name);
+        let quantized = block > 1 || loader.quantize().is_some();
+        if quantized && loader.tp_reduce() == TpReduce::Gather {
+            return Linear::load_gathered(loader, prefix, (in_dim, out_dim), bias, range);
+        }
         let aligned = range.start.is_multiple_of(block)
             && (range.end.is_multiple_of(block) || range.end == in_dim);
         let mut l = if aligned {
@@ -295,6 +319,46 @@ impl Linear {
         Ok(l)
     }
 
+    /// A sharded-to-all layer in [`TpReduce::Gather`] mode: whole rows of
+    /// the weight (this rank's balanced share of the output features) and
+    /// the whole bias, with every rank's input width (`range` is this
+    /// rank's) exchanged once here.
+    fn load_gathered(
+        loader: &mut Loader,
+        prefix: &str,
+        (in_dim, out_dim): (usize, usize),
+        bias: bool,
+        range: Range<usize>,
+    ) -> Result<Linear, LmError> {
+        let group = loader.group().clone();
+        let inputs = tp::reduce::widths(&group, range.len())?;
+        if inputs.iter().sum::<usize>() != in_dim {
+            return Err(LmError::Unsplittable {
+                ranks: group.size(),
+                why: format!(
+                    "{prefix}: the ranks' input parts {inputs:?} do not add up to {in_dim}"
+                ),
+            });
+        }
+        let (size, rank) = (group.size(), group.rank());
+        let outputs = (0..size)
+            .map(|r| tp::balanced(out_dim, size, r).len())
+            .collect();
+        let rows = Slice::Rows(tp::balanced(out_dim, size, rank));
+        let mut l = Linear::load_slice(loader, prefix, in_dim, out_dim, false, &rows)?;
+        if bias {
+            let b = loader.float(&format!("{prefix}.bias"), &[out_dim])?;
+            l.bias_values = bias_values(Some(&b))?;
+            l.bias = Some(b);
+        }
+        l.gather = Some(Gather {
+            group,
+            inputs,
+            outputs,
+        });
+        Ok(l)
+    }
+
     /// A bias-free layer over a quantized tensor shared with another user
     /// (an output head tied to a GGUF embedding table).
     pub fn from_shared_qtensor(q: std::sync::Arc<QTensor>) -> candle_core::Result<Linear> {
@@ -303,11 +367,30 @@ impl Linear {
             bias: None,
             bias_values: None,
             reduce: None,
+            gather: None,
         })
     }
 
     /// `x`: `[..., in]`, contiguous, f32. Returns `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.gather.is_some() {
+            let dims = x.dims();
+            let k = dims.last().copied().unwrap_or(0).max(1);
+            let m = x.elem_count() / k;
+            let xs = x
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            let n: usize = self.gather.as_ref().map_or(0, |g| g.outputs.iter().sum());
+            let mut out = vec![0f32; m * n];
+            self.forward_into(&xs, m, &mut out)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let mut out_dims = dims.to_vec();
+            if let Some(last) = out_dims.last_mut() {
+                *last = n;
+            }
+            return Tensor::from_vec(out, out_dims, x.device());
+        }
         self.finish(self.product(x)?)
     }
 
@@ -360,6 +443,9 @@ impl Linear {
 
     /// Output features (this rank's, for a `Split::Output` layer).
     pub fn out_features(&self) -> candle_core::Result<usize> {
+        if let Some(g) = &self.gather {
+            return Ok(g.outputs.iter().sum());
+        }
         match &self.weight {
             LinearWeight::Quantized(QMatMul::QTensor(q)) => Ok(q.shape().dims2()?.0),
             LinearWeight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w))
@@ -371,12 +457,46 @@ impl Linear {
     /// `m` rows of [`Linear::out_features`]. On huddle-kernels' formats it
     /// allocates nothing; other weights go through candle (and allocate).
     pub fn forward_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), LmError> {
-        Linear::forward_all_into(&[self], x, m, &mut [out])
+        let Some(g) = &self.gather else {
+            return Linear::forward_all_into(&[self], x, m, &mut [out]);
+        };
+        let rank = g.group.rank();
+        GATHER_BUFS.with(|bufs| {
+            let [whole, mine, blocks] = &mut *bufs.borrow_mut();
+            let k: usize = g.inputs.iter().sum();
+            let whole = crate::fused::sized(whole, m * k);
+            tp::gather_columns(&g.group, x, m, &g.inputs, blocks, whole)?;
+            let mine = crate::fused::sized(mine, m * g.outputs[rank]);
+            Linear::product_into(&[self], whole, m, &mut [&mut *mine])?;
+            tp::gather_columns(&g.group, mine, m, &g.outputs, blocks, out)
+        })?;
+        self.finish_into(out)
     }
 
     /// [`Linear::forward_all`] on slices: `outs[i]` receives `layers[i]`'s
     /// output, `x` quantized once for all kernel-format layers.
     pub fn forward_all_into(
+        layers: &[&Linear],
+        x: &[f32],
+        m: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), LmError> {
+        if layers.iter().any(|l| l.gather.is_some()) {
+            for (l, out) in layers.iter().zip(outs.iter_mut()) {
+                l.forward_into(x, m, out)?;
+            }
+            return Ok(());
+        }
+        Linear::product_into(layers, x, m, outs)?;
+        for (l, out) in layers.iter().zip(outs.iter_mut()) {
+            l.finish_into(out)?;
+        }
+        Ok(())
+    }
+
+    /// The products of [`Linear::forward_all_into`], before any sum over
+    /// the group or bias.
+    fn product_into(
         layers: &[&Linear],
         x: &[f32],
         m: usize,
@@ -415,9 +535,6 @@ impl Linear {
                     out.copy_from_slice(&y);
                 }
             }
-        }
-        for (l, out) in layers.iter().zip(outs.iter_mut()) {
-            l.finish_into(out)?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use crate::error::LmError;
 use crate::kv_cache::{KEEP, KvCache};
 use crate::models::{self, decoder::Decoder};
 use crate::pp::{self, Crew, PipelineSplit, Stage};
+use crate::tp::TpReduce;
 use crate::weights::Loader;
 use crate::weights::gguf::GgufSource;
 use crate::weights::safetensors::SafetensorsSource;
@@ -37,6 +38,10 @@ pub struct LoadOptions {
     pub progress: bool,
     /// How a pipeline's layers are divided among its stages.
     pub pipeline_split: PipelineSplit,
+    /// How tensor-parallel sharded-to-all layers combine their parts:
+    /// exactly (bit-identical to one rank) or by one all_sum; see
+    /// [`crate::tp::reduce`].
+    pub tp_reduce: TpReduce,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,8 +364,9 @@ fn load_hf(dir: &Path, opts: &LoadOptions, crew: &Crew) -> Result<Loaded, LmErro
     }
     let stage = plan_stage(cfg.num_layers, opts, crew)?;
     let source = SafetensorsSource::open_dir(dir)?;
-    let mut loader =
-        Loader::new(Box::new(source), opts.quantize, opts.progress).with_group(crew.tensor.clone());
+    let mut loader = Loader::new(Box::new(source), opts.quantize, opts.progress)
+        .with_group(crew.tensor.clone())
+        .with_tp_reduce(opts.tp_reduce);
     let decoder = Decoder::load(cfg.clone(), &mut loader, &crew.pipeline, stage)?;
     loader.finish();
     Ok((cfg, decoder, eos))
@@ -387,8 +393,9 @@ fn load_gguf(path: &Path, opts: &LoadOptions, crew: &Crew) -> Result<Loaded, LmE
     let mut source = GgufSource::open(path)?;
     let metadata = source.take_metadata();
     let meta = GgufMeta::new(path, &metadata)?;
-    let mut loader =
-        Loader::new(Box::new(source), opts.quantize, opts.progress).with_group(crew.tensor.clone());
+    let mut loader = Loader::new(Box::new(source), opts.quantize, opts.progress)
+        .with_group(crew.tensor.clone())
+        .with_tp_reduce(opts.tp_reduce);
     let cfg = models::config_from_gguf(&meta, &loader)?;
     let eos = meta.eos_ids();
     let stage = plan_stage(cfg.num_layers, opts, crew)?;

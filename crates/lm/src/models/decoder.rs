@@ -60,6 +60,8 @@ struct Workspace {
     /// This rank's part of the logits, then all of them.
     part: Vec<f32>,
     logits: Vec<f32>,
+    /// The ranks' logit blocks before they are interleaved into rows.
+    blocks: Vec<f32>,
     scratch: Scratch,
 }
 
@@ -83,6 +85,8 @@ pub struct Decoder {
     stage: Stage,
     pipeline: Group,
     ws: Workspace,
+    /// Vocabulary entries each tensor rank's head computes.
+    vocab_widths: Vec<usize>,
 }
 
 impl Decoder {
@@ -153,6 +157,9 @@ impl Decoder {
         };
         let embed = if stage.is_first() { table } else { None };
         let group = loader.group().clone();
+        let vocab_widths = (0..group.size())
+            .map(|r| tp::balanced(cfg.vocab_size, group.size(), r).len())
+            .collect();
         // GGUF llama 3 stores its RoPE scaling as per-pair frequency divisors.
         let freq_factors = if loader.contains("rope_freqs.weight") {
             let t = loader.float("rope_freqs.weight", &[cfg.head_dim / 2])?;
@@ -171,6 +178,7 @@ impl Decoder {
             stage,
             pipeline: pipeline.clone(),
             ws: Workspace::default(),
+            vocab_widths,
         })
     }
 
@@ -192,32 +200,19 @@ impl Decoder {
 
     /// The full `[t, vocab]` logits into `all` from every rank's `[t,
     /// range]` slice in `part`.
-    fn gather_vocab(&self, part: &[f32], t: usize, all: &mut Vec<f32>) -> Result<(), LmError> {
-        let size = self.group.size();
-        let vocab = self.cfg.vocab_size;
-        let all = sized(all, t * vocab);
-        if size <= 1 {
+    fn gather_vocab(
+        &self,
+        part: &[f32],
+        t: usize,
+        blocks: &mut Vec<f32>,
+        all: &mut Vec<f32>,
+    ) -> Result<(), LmError> {
+        let all = sized(all, t * self.cfg.vocab_size);
+        if self.group.size() <= 1 {
             all.copy_from_slice(part);
             return Ok(());
         }
-        let widths = |r| tp::balanced(vocab, size, r).len();
-        let counts: Vec<usize> = (0..size).map(|r| widths(r) * t).collect();
-        if t == 1 {
-            return tp::all_gather_varied(&self.group, part, all, &counts);
-        }
-        // Rank blocks of `[t, width]` each, then interleaved into rows.
-        let mut blocks = vec![0f32; t * vocab];
-        tp::all_gather_varied(&self.group, part, &mut blocks, &counts)?;
-        let (mut at, mut col) = (0, 0);
-        for r in 0..size {
-            let w = widths(r);
-            for (i, row) in blocks[at..at + w * t].chunks_exact(w).enumerate() {
-                all[i * vocab + col..][..w].copy_from_slice(row);
-            }
-            at += w * t;
-            col += w;
-        }
-        Ok(())
+        tp::gather_columns(&self.group, part, t, &self.vocab_widths, blocks, all)
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -323,6 +318,7 @@ impl Decoder {
             mask,
             part,
             logits: all,
+            blocks,
             scratch,
         } = ws;
         let (x, h, delta) = (sized(x, t * hs), sized(h, t * hs), sized(delta, t * hs));
@@ -373,7 +369,7 @@ impl Decoder {
         output.norm.forward_into(&x[span], normed)?;
         let part = sized(part, m * output.head.out_features()?);
         output.head.forward_into(normed, m, part)?;
-        self.gather_vocab(part, m, all)?;
+        self.gather_vocab(part, m, blocks, all)?;
         let vocab = self.cfg.vocab_size;
         let out = &all[..m * vocab];
         // Every tensor rank of the last stage holds the full logits; the

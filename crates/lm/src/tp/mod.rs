@@ -8,6 +8,7 @@
 
 mod all_sum;
 mod fingerprint;
+pub mod reduce;
 
 use std::ops::Range;
 
@@ -18,6 +19,7 @@ use crate::error::LmError;
 
 pub use all_sum::{all_sum_in_place, all_sum_slice, take_comm_error};
 pub use fingerprint::{check_same_model, fingerprint};
+pub use reduce::{TpReduce, gather_columns};
 
 /// `rank`'s part of `0..n` divided into `size` balanced parts; the first
 /// `n % size` ranks take one more.

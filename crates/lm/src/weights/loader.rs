@@ -13,6 +13,7 @@ use super::{Slice, Weight, WeightSource};
 use crate::error::LmError;
 use crate::linear::Shard;
 use crate::model::Quantize;
+use crate::tp::TpReduce;
 
 pub struct Loader {
     source: Box<dyn WeightSource>,
@@ -21,6 +22,7 @@ pub struct Loader {
     tensors: u64,
     shard: Shard,
     group: Group,
+    tp_reduce: TpReduce,
 }
 
 impl Loader {
@@ -46,7 +48,18 @@ impl Loader {
             tensors: 0,
             shard: Shard::WHOLE,
             group: Group::single(),
+            tp_reduce: TpReduce::Sum,
         }
+    }
+
+    /// How sharded-to-all layers combine their parts.
+    pub fn with_tp_reduce(mut self, mode: TpReduce) -> Self {
+        self.tp_reduce = mode;
+        self
+    }
+
+    pub fn tp_reduce(&self) -> TpReduce {
+        self.tp_reduce
     }
 
     /// Loads this rank's part of a model split over `group`.

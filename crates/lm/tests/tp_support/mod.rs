@@ -75,11 +75,24 @@ pub fn tp_logits(path: &Path, size: usize, tokens: &[u32], opts: &LoadOptions) -
 }
 
 pub fn matches_single_rank(path: &Path, sizes: &[usize], tokens: &[u32], tol: f32) {
-    let opts = LoadOptions::default();
-    let (want, want_rest) = run(&mut Model::load(path, &opts).unwrap(), tokens);
+    matches_single_rank_with(path, sizes, tokens, tol, &LoadOptions::default());
+}
+
+/// [`matches_single_rank`] with the ranks loading with `opts`.
+pub fn matches_single_rank_with(
+    path: &Path,
+    sizes: &[usize],
+    tokens: &[u32],
+    tol: f32,
+    opts: &LoadOptions,
+) {
+    let (want, want_rest) = run(
+        &mut Model::load(path, &LoadOptions::default()).unwrap(),
+        tokens,
+    );
     for &size in sizes {
-        let (got, got_rest) = tp_logits(path, size, tokens, &opts);
-        let what = format!("{} on {size} ranks", path.display());
+        let (got, got_rest) = tp_logits(path, size, tokens, opts);
+        let what = format!("{} on {size} ranks ({:?})", path.display(), opts.tp_reduce);
         assert_matches(&what, (&got, &got_rest), (&want, &want_rest), tol);
     }
 }
