@@ -55,7 +55,11 @@ pub fn announce(group: &Group, step: &Step) -> Result<(), LmError> {
             header[..3].copy_from_slice(&[
                 FORWARD,
                 tokens.len() as i64,
-                i64::from(*logits == Logits::All),
+                match logits {
+                    Logits::Last => 0,
+                    Logits::All => 1,
+                    Logits::Argmax => 2,
+                },
             ]);
             if tokens.len() <= INLINE {
                 for (slot, &t) in header[3..].iter_mut().zip(tokens) {
@@ -101,10 +105,11 @@ pub fn receive(group: &Group) -> Result<Step, LmError> {
                 .into_iter()
                 .map(|id| u32::try_from(id).map_err(|_| bad(format!("token id {id}"))))
                 .collect::<Result<_, _>>()?;
-            let logits = if header[2] == 1 {
-                Logits::All
-            } else {
-                Logits::Last
+            let logits = match header[2] {
+                0 => Logits::Last,
+                1 => Logits::All,
+                2 => Logits::Argmax,
+                other => return Err(bad(format!("logits kind {other}"))),
             };
             Ok(Step::Forward { tokens, logits })
         }

@@ -165,8 +165,11 @@ impl Generator {
         self.history.extend_from_slice(new_tokens);
 
         let start = Instant::now();
-        let logits = model.forward(new_tokens, Logits::Last)?;
-        copy_logits(&logits, &mut self.logits)?;
+        // Plain greedy decoding lets the model pick the token (a tensor
+        // group then exchanges one pick per rank, not the logits).
+        let greedy = self.sampler.is_greedy();
+        let mode = if greedy { Logits::Argmax } else { Logits::Last };
+        let mut out = model.forward(new_tokens, mode)?;
         let mut first_token_at = None;
         let mut tokens = Vec::new();
         let mut text = String::new();
@@ -174,7 +177,12 @@ impl Generator {
             if tokens.len() >= self.options.max_tokens {
                 break FinishReason::MaxTokens;
             }
-            let id = self.sampler.sample(&mut self.logits, &self.history)?;
+            let id = if greedy {
+                out.to_vec1::<u32>()?.first().copied().unwrap_or(0)
+            } else {
+                copy_logits(&out, &mut self.logits)?;
+                self.sampler.sample(&mut self.logits, &self.history)?
+            };
             first_token_at.get_or_insert_with(Instant::now);
             if self.options.eos_token_ids.contains(&id) {
                 break FinishReason::Eos;
@@ -202,8 +210,7 @@ impl Generator {
             if context > 0 && model.kv_len() >= context {
                 break FinishReason::ContextFull;
             }
-            let logits = model.forward(&[id], Logits::Last)?;
-            copy_logits(&logits, &mut self.logits)?;
+            out = model.forward(&[id], mode)?;
         };
         if matches!(
             finish,

@@ -51,6 +51,10 @@ pub enum Logits {
     Last,
     /// Every position's logits, `[tokens, vocab]`.
     All,
+    /// Only the last position's greedy token (the first of its largest
+    /// logits), as a u32 tensor `[1]`: a tensor-parallel group exchanges
+    /// one (value, index) pair per rank instead of its vocabulary's logits.
+    Argmax,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +159,8 @@ impl Model {
 
     /// Runs `tokens` at positions `kv_len()..kv_len() + tokens.len()` in one
     /// batched pass, appending to the KV cache. `Logits::Last` gives an f32
-    /// tensor `[vocab]`, `Logits::All` `[tokens.len(), vocab]`. On error the
+    /// tensor `[vocab]`, `Logits::All` `[tokens.len(), vocab]`,
+    /// `Logits::Argmax` the greedy next token (u32 `[1]`). On error the
     /// step's positions are dropped again (`kv_len()` is unchanged).
     ///
     /// On rank 0 of a tensor group this first announces the step to the

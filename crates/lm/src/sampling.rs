@@ -127,6 +127,13 @@ impl Sampler {
         &self.params
     }
 
+    /// Whether [`Sampler::sample`] is plain argmax (temperature 0, no
+    /// repetition penalty): the model can then pick the token itself
+    /// ([`crate::Logits::Argmax`]) without handing over every logit.
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature == 0.0 && self.params.repetition_penalty == 1.0
+    }
+
     /// Picks the next token. `logits` is modified in place (repetition
     /// penalty); `history` is the sequence so far (its tail is penalized).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> Result<u32, SamplingError> {

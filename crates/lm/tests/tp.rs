@@ -148,3 +148,62 @@ fn ranks_with_different_models_are_refused_naming_the_rank() {
         assert!(e.contains("rank 1 has a different model"), "{e}");
     }
 }
+
+/// Greedy decoding asks the model for its pick (`Logits::Argmax`): each
+/// tensor rank sends its best (value, id), not its logits. On exactly
+/// split ranks (gathered reduce) the picks over 24 steps, prompt then
+/// decode, equal one rank's argmax of the full logits, on 2, 3 and 4 ranks.
+#[test]
+fn smollm2_greedy_picks_across_ranks_equal_one_ranks_argmax() {
+    let path = common::smollm2();
+    let steps = 24;
+    let argmax = |row: &[f32]| {
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for (i, &v) in row.iter().enumerate() {
+            if v > best.1 {
+                best = (i, v);
+            }
+        }
+        best.0 as u32
+    };
+    let mut one = Model::load(&path, &LoadOptions::default()).unwrap();
+    let mut want = Vec::new();
+    let mut next = SMOLLM2_TOKENS.to_vec();
+    for _ in 0..steps {
+        let logits = one.forward(&next, huddle_lm::Logits::Last).unwrap();
+        let id = argmax(&logits.to_vec1::<f32>().unwrap());
+        want.push(id);
+        next = vec![id];
+    }
+    let opts = reduce(TpReduce::Gather);
+    for size in [2, 3, 4] {
+        let addr = free_addr();
+        let token = [5u8; 16];
+        let got = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..size)
+                .map(|rank| {
+                    let (addr, path, opts) = (addr.clone(), path.clone(), opts.clone());
+                    s.spawn(move || {
+                        let group = GroupBuilder::new(rank, size, addr, &token).build().unwrap();
+                        let mut model = Model::load_sharded(&path, &opts, &group).unwrap();
+                        if rank != 0 {
+                            model.follow().unwrap();
+                            return None;
+                        }
+                        let mut picks = Vec::new();
+                        let mut next = SMOLLM2_TOKENS.to_vec();
+                        for _ in 0..steps {
+                            let id = model.forward(&next, huddle_lm::Logits::Argmax).unwrap();
+                            let id = id.to_vec1::<u32>().unwrap()[0];
+                            picks.push(id);
+                            next = vec![id];
+                        }
+                        Some(picks)
+                    })
+                })
+                .collect();
+            handles.into_iter().find_map(|h| h.join().unwrap())
+        });
+        assert_eq!(got, Some(want.clone()), "greedy picks on {size} ranks");
+    }
+}

@@ -26,6 +26,9 @@ use crate::rope::Rope;
 use crate::tp;
 use crate::weights::Loader;
 
+/// Tensor ranks whose greedy picks [`Decoder`] gathers on the stack.
+const MAX_ARGMAX_RANKS: usize = 256;
+
 /// `x += delta`, as a model error.
 fn add(x: &mut [f32], delta: &[f32]) -> Result<(), LmError> {
     huddle_kernels::ops::add(x, delta)
@@ -357,7 +360,7 @@ impl Decoder {
             return self.logits_from_last_stage(t, logits);
         };
         let rows = match logits {
-            Logits::Last => t - 1..t,
+            Logits::Last | Logits::Argmax => t - 1..t,
             Logits::All => 0..t,
         };
         let m = rows.len();
@@ -369,6 +372,13 @@ impl Decoder {
         output.norm.forward_into(&x[span], normed)?;
         let part = sized(part, m * output.head.out_features()?);
         output.head.forward_into(normed, m, part)?;
+        if logits == Logits::Argmax {
+            let id = self.argmax_vocab(part)?;
+            if stage != 0 && self.group.rank() == 0 {
+                pp::send_slice(&self.pipeline, &[id as f32], 0)?;
+            }
+            return Ok(Tensor::new(&[id], &Device::Cpu)?);
+        }
         self.gather_vocab(part, m, blocks, all)?;
         let vocab = self.cfg.vocab_size;
         let out = &all[..m * vocab];
@@ -378,9 +388,43 @@ impl Decoder {
             pp::send_slice(&self.pipeline, out, 0)?;
         }
         Ok(match logits {
-            Logits::Last => Tensor::from_slice(out, vocab, &Device::Cpu)?,
             Logits::All => Tensor::from_slice(out, (m, vocab), &Device::Cpu)?,
+            _ => Tensor::from_slice(out, vocab, &Device::Cpu)?,
         })
+    }
+
+    /// The greedy token of one row of logits split by vocabulary over the
+    /// tensor group: each rank's first largest value and its id, the
+    /// first largest of those (ranks hold ascending ranges), as one rank's
+    /// argmax over all of them would pick.
+    fn argmax_vocab(&self, part: &[f32]) -> Result<u32, LmError> {
+        let mut best = (f32::NEG_INFINITY, 0usize);
+        for (i, &v) in part.iter().enumerate() {
+            if v > best.0 {
+                best = (v, i);
+            }
+        }
+        let size = self.group.size();
+        let start: usize = self.vocab_widths[..self.group.rank()].iter().sum();
+        if size <= 1 {
+            return Ok(best.1 as u32);
+        }
+        let mine = [f64::from(best.0), (start + best.1) as f64];
+        let mut all = [0f64; 2 * MAX_ARGMAX_RANKS];
+        let all = all.get_mut(..2 * size).ok_or(LmError::Unsplittable {
+            ranks: size,
+            why: format!("greedy decoding gathers at most {MAX_ARGMAX_RANKS} ranks' picks"),
+        })?;
+        let bytes = crate::comm_stats::all_gather_bytes(&self.group, 16, 16 * size as u64);
+        crate::comm_stats::timed(bytes, || self.group.all_gather(&mine, all))
+            .map_err(LmError::comm)?;
+        let mut pick = (f64::NEG_INFINITY, 0.0);
+        for pair in all.chunks_exact(2) {
+            if pair[0] > pick.0 {
+                pick = (pair[0], pair[1]);
+            }
+        }
+        Ok(pick.1 as u32)
     }
 
     /// Stage 0 of a pipeline after passing its hidden states on: the
@@ -391,15 +435,22 @@ impl Decoder {
         }
         let last = self.stage.stages - 1;
         let vocab = self.cfg.vocab_size;
-        let rows = match logits {
-            Logits::Last => 1,
-            Logits::All => t,
-        };
-        let mut out = vec![0f32; rows * vocab];
-        pp::recv_into(&self.pipeline, &mut out, last)?;
         Ok(match logits {
-            Logits::Last => Tensor::from_vec(out, vocab, &Device::Cpu)?,
-            Logits::All => Tensor::from_vec(out, (t, vocab), &Device::Cpu)?,
+            Logits::Argmax => {
+                let mut id = [0f32];
+                pp::recv_into(&self.pipeline, &mut id, last)?;
+                Tensor::new(&[id[0] as u32], &Device::Cpu)?
+            }
+            Logits::Last => {
+                let mut out = vec![0f32; vocab];
+                pp::recv_into(&self.pipeline, &mut out, last)?;
+                Tensor::from_vec(out, vocab, &Device::Cpu)?
+            }
+            Logits::All => {
+                let mut out = vec![0f32; t * vocab];
+                pp::recv_into(&self.pipeline, &mut out, last)?;
+                Tensor::from_vec(out, (t, vocab), &Device::Cpu)?
+            }
         })
     }
 }
