@@ -76,14 +76,19 @@ comm() {
   local bytes=$((hidden * 4))
   echo "## communication per token, TP=2, link $link"
   local out
-  out=$(launch -- "$huddle" generate --model "$model" --ignore-chat-template \
-    --prompt "The quick brown fox" --max-tokens "$gen" -v 2>&1)
+  # One core per rank (rank r on core r), as two real hosts would have
+  # their own: test hosts share this machine's cores, and a rank whose
+  # threads wait for a core shows up as its peer's communication time.
+  # shellcheck disable=SC2016
+  local pin='exec taskset -c $HUDDLE_RANK "$0" "$@"'
+  out=$(launch -- sh -c "$pin" "$huddle" generate --model "$model" --ignore-chat-template \
+    --prompt "The quick brown fox" --max-tokens "$gen" --threads 1 -v 2>&1)
   local line
   line=$(grep -o 'Communication per token: .*' <<<"$out")
   echo "$line"
   grep -o 'Generation: .*' <<<"$out" || true
   local p50
-  p50=$(launch -- "$huddle" bench comm --ops all-sum --sizes "$bytes" --iters 300 --json |
+  p50=$(launch -- sh -c "$pin" "$huddle" bench comm --ops all-sum --sizes "$bytes" --iters 300 --json |
     python3 -c '
 import json, sys
 for line in sys.stdin:
