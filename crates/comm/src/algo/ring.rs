@@ -49,10 +49,17 @@ pub(crate) fn all_reduce<T: Element>(
 ) -> Result<()> {
     let (n, r, len) = (cx.size(), cx.rank, buf.len());
     let pe = layout::piece_elems(cx.piece_bytes, size_of::<T>());
-    let mut scratch = cx.scratch.take(std::mem::size_of_val(buf));
-    let tmp: *mut T = words_as_mut::<T>(&mut scratch.words, len).as_mut_ptr();
-    let base: *mut T = buf.as_mut_ptr();
     let mut o = cx.begin(desc)?;
+    // Scratch holds what arrives to be reduced; when both neighbours are
+    // on this host everything folds straight out of shared memory and no
+    // scratch is taken (nor faulted in, for a first large call).
+    let folds_all = [-1, 1]
+        .iter()
+        .all(|&d| o.folds_from(cx.world(wrap(r, d, n))));
+    let scratch_len = if folds_all { 0 } else { len };
+    let mut scratch = cx.scratch.take(scratch_len * size_of::<T>());
+    let tmp: *mut T = words_as_mut::<T>(&mut scratch.words, scratch_len).as_mut_ptr();
+    let base: *mut T = buf.as_mut_ptr();
     let mut lanes = Vec::with_capacity(2);
     for (half, d) in layout::halves(len) {
         let chunk = |c: usize| {
@@ -127,10 +134,12 @@ pub(crate) fn all_reduce<T: Element>(
             progressed = true;
             o.wait(a.ticket)?;
             // SAFETY: the piece has arrived and nobody else touches it now.
-            let (mine, theirs) =
-                unsafe { (region(base, a.range.clone()), region(tmp, a.range.clone())) };
+            let mine = unsafe { region(base, a.range.clone()) };
             let forward = if a.phase == tag::REDUCE_SCATTER {
                 if !a.folded {
+                    // SAFETY: as above; unfolded pieces landed in scratch,
+                    // which then holds the whole buffer's length.
+                    let theirs = unsafe { region(tmp, a.range.clone()) };
                     reduce_prefix_into(op, theirs, mine);
                 }
                 Some(if a.step < last {

@@ -30,8 +30,15 @@ const STEP: usize = 256 * 1024;
 const STREAM_MIN: usize = 32 << 20;
 
 /// Whole frames up to this size that wrap around the ring's end are
-/// copied out in one piece; larger ones stream.
+/// copied out in one piece; larger ones are read step by step.
 const SCRATCH_MAX: usize = 64 * 1024;
+
+/// Whether a frame belongs to a call whose results stream past the caches
+/// (`STREAM_MIN`): such frames are always read step by step, since a whole
+/// frame handed over at once lands with plain stores.
+fn streams(h: &Header) -> bool {
+    (h.desc.count as usize).saturating_mul(h.desc.dtype.size()) >= STREAM_MIN
+}
 
 struct Incoming {
     header: Header,
@@ -309,8 +316,7 @@ impl ShmLink {
                     // stays alive until the receive completes or is purged.
                     unsafe { fold_from(ring, fold, mem.ptr.add(inc.got), n) };
                 } else if let Some(dst) = dest_slice(&mut inc.dest, inc.got, n) {
-                    let d = &inc.header.desc;
-                    if (d.count as usize).saturating_mul(d.dtype.size()) >= STREAM_MIN {
+                    if streams(&inc.header) {
                         ring.get_streaming(dst);
                     } else {
                         ring.get(0, dst);
@@ -329,7 +335,7 @@ impl ShmLink {
             let header = Header::decode(&raw).ok_or(Corrupt)?;
             let len = usize::try_from(header.len).map_err(|_| Corrupt)?;
             moved = true;
-            if len <= avail - HEADER_LEN {
+            if len <= avail - HEADER_LEN && !streams(&header) {
                 if let Some(s) = ring.contiguous(HEADER_LEN, len) {
                     sink.on_frame(self.peer, &header, s);
                     ring.consume(HEADER_LEN + len);

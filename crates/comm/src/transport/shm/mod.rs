@@ -8,5 +8,6 @@ pub(crate) mod link;
 pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod setup;
+pub(crate) mod stores;
 
 pub(crate) use link::ShmLink;

@@ -9,9 +9,15 @@
 //! matching eventfd only when someone sleeps. Both sides put a SeqCst
 //! fence between their store and their load, so one of them always sees
 //! the other.
+//!
+//! Copies into the ring of at least [`STREAM_PUT_MIN`] bytes use plain or
+//! non-temporal stores, whichever the producer measures to be faster
+//! (`stores`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+use super::stores::{StoreChoice, Stores};
 
 /// The control block at the start of each ring's area.
 #[repr(C, align(64))]
@@ -27,6 +33,11 @@ pub(crate) struct Control {
 
 /// Bytes reserved for the control block before each ring's data.
 pub(crate) const CONTROL_BYTES: usize = 4096;
+
+/// Copies into the ring at least this long may stream past the caches
+/// (see `stores`); smaller ones (headers, tiny messages) stay plain, so a
+/// small message is read from the producer's cache.
+pub(crate) const STREAM_PUT_MIN: usize = 4096;
 
 const _: () = assert!(std::mem::size_of::<Control>() <= CONTROL_BYTES);
 
@@ -45,6 +56,8 @@ pub(crate) struct Ring {
     data_fd: OwnedFd,
     /// Written by the consumer when a producer sleeps.
     space_fd: OwnedFd,
+    /// How this side writes large copies, when it is the producer.
+    stores: StoreChoice,
 }
 
 // SAFETY: the pointers refer to a mapping that outlives the ring (the
@@ -66,6 +79,7 @@ impl Ring {
             cap,
             data_fd,
             space_fd,
+            stores: StoreChoice::new(cap),
         }
     }
 
@@ -104,17 +118,43 @@ impl Ring {
     }
 
     /// Producer: copies `src` at the head (the caller checked the room)
-    /// without publishing it.
+    /// without publishing it; from [`STREAM_PUT_MIN`] bytes on, with the
+    /// stores `stores` finds faster.
     pub fn put(&self, offset: usize, src: &[u8]) {
         let head = self.ctl().head.load(Ordering::Relaxed) as usize + offset;
         let at = head & (self.cap - 1);
         let first = src.len().min(self.cap - at);
-        // SAFETY: both pieces lie inside the data area; the consumer does
-        // not read beyond the published head.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(at), first);
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data, src.len() - first);
+        // SAFETY: both pieces lie inside the data area, which nothing else
+        // references as a Rust slice; the consumer does not read beyond
+        // the published head.
+        let (d0, d1) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.data.add(at), first),
+                std::slice::from_raw_parts_mut(self.data, src.len() - first),
+            )
+        };
+        let (s0, s1) = src.split_at(first);
+        if src.len() < STREAM_PUT_MIN {
+            d0.copy_from_slice(s0);
+            d1.copy_from_slice(s1);
+            return;
         }
+        self.stores.run(src.len(), |way| match way {
+            Stores::Plain => {
+                d0.copy_from_slice(s0);
+                d1.copy_from_slice(s1);
+            }
+            Stores::Streaming => {
+                copy_streaming(s0, d0);
+                copy_streaming(s1, d1);
+            }
+        });
+    }
+
+    /// Sets how large copies are written (tests of both ways).
+    #[cfg(test)]
+    pub fn force_stores(&self, way: Stores) {
+        self.stores.force(way);
     }
 
     /// Producer: makes `n` more bytes visible, waking a sleeping consumer.
@@ -217,7 +257,9 @@ fn copy_streaming(src: &[u8], dst: &mut [u8]) {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
         let n = src.len().min(dst.len());
         let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-        let head = d.align_offset(16).min(n);
+        // Whole cache lines stream; the partial ones at either end are
+        // plain copies.
+        let head = d.align_offset(64).min(n);
         // SAFETY: every access lies inside `src` and `dst` (n bytes each);
         // streaming stores go to 16-byte aligned addresses; SSE2 is part
         // of the x86_64 baseline. The fence orders the streaming stores
@@ -256,7 +298,34 @@ pub(crate) fn clear(fd: i32) {
 
 #[cfg(test)]
 mod tests {
-    use super::copy_streaming;
+    use super::{STREAM_PUT_MIN, Stores, copy_streaming};
+    use crate::transport::shm::segment;
+
+    #[test]
+    fn large_puts_cross_the_end_of_the_ring_exactly_either_way() {
+        let cap = 16 * 1024;
+        let ((_ma, tx, _), (_mb, _, rx)) = segment::test_pair(cap).unwrap();
+        let cases = [(9000, 10_000), (1, STREAM_PUT_MIN), (77, cap), (5, 100)];
+        for (way, (skip, len)) in [Stores::Plain, Stores::Streaming]
+            .into_iter()
+            .flat_map(|w| cases.map(|c| (w, c)))
+        {
+            tx.force_stores(way);
+            // Move the head (and tail) to `skip` bytes further on.
+            tx.put(0, &vec![0u8; skip]);
+            tx.publish(skip);
+            assert_eq!(rx.readable().unwrap(), skip);
+            rx.consume(skip);
+            let src: Vec<u8> = (0..len).map(|i| (i * 31 + skip) as u8).collect();
+            tx.put(0, &src);
+            tx.publish(len);
+            assert_eq!(rx.readable().unwrap(), len);
+            let mut dst = vec![0u8; len];
+            rx.get(0, &mut dst);
+            assert_eq!(dst, src);
+            rx.consume(len);
+        }
+    }
 
     #[test]
     fn streaming_copies_are_exact_at_every_alignment_and_length() {
