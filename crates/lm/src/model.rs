@@ -403,6 +403,11 @@ fn load_gguf(path: &Path, opts: &LoadOptions, crew: &Crew) -> Result<Loaded, LmE
         .with_tp_reduce(opts.tp_reduce);
     let cfg = models::config_from_gguf(&meta, &loader)?;
     let eos = meta.eos_ids();
+    // The metadata holds the tokenizer's vocabulary and merges (~20 MB for
+    // a 150k vocabulary): gone before the weights arrive, not part of the
+    // peak.
+    drop(meta);
+    drop(metadata);
     let stage = plan_stage(cfg.num_layers, opts, crew)?;
     let decoder = Decoder::load(cfg.clone(), &mut loader, &crew.pipeline, stage)?;
     loader.finish();
