@@ -122,7 +122,7 @@ memory() {
 import re, sys
 one = float(sys.argv[1])
 for rank, gb in re.findall(r"rank (\d+) ([\d.]+) GB", sys.argv[2]):
-    print(f"rank {rank}: {float(gb) / one:.2f}x of one rank")
+    print(f"rank {rank}: {float(gb) / one:.3f}x of one rank")
 EOF
 }
 

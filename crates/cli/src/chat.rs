@@ -9,8 +9,8 @@ use clap::Args;
 use huddle_lm::ChatSession;
 
 use crate::generate::{
-    ModelArgs, SamplingArgs, chat_template, follow_if_not_leader, generate_options, load,
-    print_stats, stdout_sink,
+    ModelArgs, SamplingArgs, chat_template, follow_if_not_leader, generate_options,
+    leader_tokenizer, load, print_stats, stdout_sink,
 };
 
 #[derive(Args, Debug)]
@@ -30,7 +30,7 @@ pub fn run(args: ChatArgs, verbose: u8) -> anyhow::Result<i32> {
     if let Some(done) = follow_if_not_leader(&mut loaded) {
         return done;
     }
-    let template = chat_template(&loaded.tokenizer, &args.model.model)?;
+    let template = chat_template(leader_tokenizer(&loaded.tokenizer)?, &args.model.model)?;
     let options = generate_options(&args.sampling, &loaded, Some(&template));
     let mut session = ChatSession::new(template, args.system.clone(), options)?;
 
@@ -66,7 +66,12 @@ pub fn run(args: ChatArgs, verbose: u8) -> anyhow::Result<i32> {
             }
             _ => {}
         }
-        match session.send(&mut loaded.model, &loaded.tokenizer, message, &mut sink) {
+        match session.send(
+            &mut loaded.model,
+            leader_tokenizer(&loaded.tokenizer)?,
+            message,
+            &mut sink,
+        ) {
             Ok(generation) => {
                 let _ = writeln!(std::io::stdout());
                 if verbose > 0 {

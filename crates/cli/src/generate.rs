@@ -196,9 +196,18 @@ pub struct GenerateArgs {
 /// A loaded model with its tokenizer.
 pub struct Loaded {
     pub model: Model,
-    pub tokenizer: Tokenizer,
+    /// Rank 0's only: the other ranks follow its steps and never see text
+    /// (a 150k vocabulary's tokenizer is ~20 MB a rank).
+    pub tokenizer: Option<Tokenizer>,
     /// Every rank of the job.
     pub world: Group,
+}
+
+/// [`Loaded::tokenizer`], which rank 0 (the rank that drives) holds.
+pub fn leader_tokenizer(tokenizer: &Option<Tokenizer>) -> anyhow::Result<&Tokenizer> {
+    tokenizer
+        .as_ref()
+        .context("only rank 0 holds the tokenizer")
 }
 
 /// Sets the thread budget, joins the job's ranks (when started by `huddle
@@ -215,8 +224,14 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     if !path.exists() {
         anyhow::bail!("{}: no such file or directory", path.display());
     }
-    let tokenizer = Tokenizer::load(path)
-        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let tokenizer = if group.rank() == 0 {
+        Some(
+            Tokenizer::load(path)
+                .with_context(|| format!("loading the tokenizer of {}", path.display()))?,
+        )
+    } else {
+        None
+    };
     let options = LoadOptions {
         quantize: args.quantize.map(|q| match q {
             QuantizeArg::Q8 => Quantize::Q8,
@@ -294,7 +309,11 @@ pub fn generate_options(
         max_tokens: sampling.max_tokens,
         sampling: sampling.params(),
         stop_strings,
-        eos_token_ids: stop_token_ids(loaded.model.info(), &loaded.tokenizer, template),
+        eos_token_ids: loaded
+            .tokenizer
+            .as_ref()
+            .map(|t| stop_token_ids(loaded.model.info(), t, template))
+            .unwrap_or_default(),
         skip_special_tokens: true,
     }
 }
@@ -344,7 +363,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
     let template = if args.ignore_chat_template {
         None
     } else {
-        Some(chat_template(&loaded.tokenizer, &args.model.model)?)
+        Some(chat_template(
+            leader_tokenizer(&loaded.tokenizer)?,
+            &args.model.model,
+        )?)
     };
     let tokens = match &template {
         Some(template) => {
@@ -353,9 +375,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
                 messages.push(Message::system(system.clone()));
             }
             messages.push(Message::user(prompt));
-            encode_chat(&loaded.tokenizer, template, &messages)?
+            encode_chat(leader_tokenizer(&loaded.tokenizer)?, template, &messages)?
         }
-        None => encode_plain(&loaded.tokenizer, &prompt)?,
+        None => encode_plain(leader_tokenizer(&loaded.tokenizer)?, &prompt)?,
     };
     tracing::debug!(?tokens, "prompt tokens");
     if let Some(path) = &args.dump_logits {
@@ -365,7 +387,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
         let mut sink = stdout_sink();
         let generation = huddle_lm::generate(
             &mut loaded.model,
-            &loaded.tokenizer,
+            leader_tokenizer(&loaded.tokenizer)?,
             &tokens,
             &options,
             &mut sink,
@@ -506,7 +528,7 @@ fn peak_memory_line(peaks: &[f64]) -> String {
             if gb < 0.0 {
                 format!("rank {rank} unknown")
             } else {
-                format!("rank {rank} {gb:.2} GB")
+                format!("rank {rank} {gb:.3} GB")
             }
         })
         .collect();
@@ -653,7 +675,7 @@ mod tests {
     fn peak_memory_line_names_every_rank() {
         assert_eq!(
             peak_memory_line(&[0.2134, 0.2, -1.0]),
-            "Peak memory: rank 0 0.21 GB, rank 1 0.20 GB, rank 2 unknown"
+            "Peak memory: rank 0 0.213 GB, rank 1 0.200 GB, rank 2 unknown"
         );
     }
 }
