@@ -17,8 +17,13 @@ use support::{SYSTEM, alive, finish, huddle, scratch, smollm2, wait_for_pid, wai
 
 const PROMPT: &str = "What is the capital of France?";
 
-/// The quantized tolerance of crates/lm/tests/tp.rs (see there for why).
-const TOLERANCE: f32 = 4e-2;
+/// How far the default (`--tp-reduce sum`) tensor-parallel logits may
+/// stray from one rank's on this quantized model, as a fraction of
+/// max|logit|. A different summation order moves an 8-bit activation
+/// rounding now and then and the difference grows over 30 layers: 2.4% to
+/// 5.8% measured on different prompts (crates/lm/tests/tp.rs). The exact
+/// split, `--tp-reduce gather`, is checked bit for bit below.
+const SUM_TOLERANCE: f32 = 0.1;
 
 struct Hosts {
     dir: support::Scratch,
@@ -167,9 +172,10 @@ fn read_logits(path: &Path) -> Vec<f32> {
         .collect()
 }
 
-/// Every prompt position's logits, split over hosts four ways, within
-/// the quantized tolerance of one rank's (pipeline only, and tensor
-/// parallel with `--tp-reduce gather`: bit-identical).
+/// Every prompt position's logits, split over hosts four ways: pipeline
+/// only and tensor parallel with `--tp-reduce gather` (alone and inside
+/// pipeline stages) bit-identical to one rank's, the default summed
+/// tensor parallel within [`SUM_TOLERANCE`].
 fn logits_across_hosts_match_one_rank(hosts: &Hosts, model: &Path) {
     let one = hosts.dir.join("one.logits");
     let cmd = generate_args(model, &["--dump-logits", path_str(&one)]);
@@ -178,18 +184,25 @@ fn logits_across_hosts_match_one_rank(hosts: &Hosts, model: &Path) {
     let want = read_logits(&one);
     let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(!want.is_empty() && max > 0.0, "one rank wrote no logits");
-    let layouts: [(&str, usize, usize, &[&str]); 4] = [
-        ("TP=2", 2, 1, &[]),
-        ("TP=2 gathered", 2, 1, &["--tp-reduce", "gather"]),
-        ("PP=2", 2, 1, &["--pipeline"]),
+    let layouts: [(&str, usize, usize, &[&str], f32); 4] = [
+        ("TP=2", 2, 1, &[], SUM_TOLERANCE),
+        ("TP=2 gathered", 2, 1, &["--tp-reduce", "gather"], 0.0),
+        ("PP=2", 2, 1, &["--pipeline"], 0.0),
         (
-            "TP=2 x PP=2",
+            "TP=2 x PP=2 gathered",
             2,
             2,
-            &["--pipeline", "--tensor-parallel", "2"],
+            &[
+                "--pipeline",
+                "--tensor-parallel",
+                "2",
+                "--tp-reduce",
+                "gather",
+            ],
+            0.0,
         ),
     ];
-    for (i, (what, n, per_host, flags)) in layouts.into_iter().enumerate() {
+    for (i, (what, n, per_host, flags, tolerance)) in layouts.into_iter().enumerate() {
         let file = hosts.dir.join(format!("split{i}.logits"));
         let mut extra = vec!["--dump-logits", path_str(&file)];
         extra.extend_from_slice(flags);
@@ -202,12 +215,9 @@ fn logits_across_hosts_match_one_rank(hosts: &Hosts, model: &Path) {
             .zip(&want)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         eprintln!("{what} across hosts: max abs diff {diff:.3e} (max|logit| {max:.3})");
-        if flags == ["--pipeline"] || flags.contains(&"gather") {
-            assert_eq!(diff, 0.0, "{what}: logits differ from one rank's");
-        }
         assert!(
-            diff <= TOLERANCE * max,
-            "{what}: max abs diff {diff} exceeds {TOLERANCE} x {max}"
+            diff <= tolerance * max,
+            "{what}: max abs diff {diff} exceeds {tolerance} x {max}"
         );
     }
 }
