@@ -272,25 +272,14 @@ impl KvCache {
         let Some((kc, vc)) = self.layers.get_mut(layer) else {
             candle_core::bail!("kv cache has no layer {layer}")
         };
-        fn rows(
-            data: &[f32],
-            (heads, len, hd, stride): (usize, usize, usize, usize),
-        ) -> HeadRows<'_> {
-            HeadRows {
-                data,
-                heads,
-                len,
-                head_dim: hd,
-                row_stride: hd,
-                head_stride: stride * hd,
-            }
-        }
         match step.mode {
             Mode::InPlace { attend } => {
                 write_steps(kc, k, step, heads, hd, cap);
                 write_steps(vc, v, step, heads, hd, cap);
-                let shape = (heads, attend, hd, cap);
-                Ok((rows(kc, shape), rows(vc, shape)))
+                Ok((
+                    HeadRows::contiguous(kc, heads, attend, hd, cap * hd),
+                    HeadRows::contiguous(vc, heads, attend, hd, cap * hd),
+                ))
             }
             Mode::Concat { cached } => {
                 let seen = cached + t;
@@ -309,8 +298,10 @@ impl KvCache {
                 }
                 write_steps(kc, k, step, heads, hd, cap);
                 write_steps(vc, v, step, heads, hd, cap);
-                let shape = (heads, seen, hd, seen);
-                Ok((rows(ck, shape), rows(cv, shape)))
+                Ok((
+                    HeadRows::contiguous(ck, heads, seen, hd, seen * hd),
+                    HeadRows::contiguous(cv, heads, seen, hd, seen * hd),
+                ))
             }
         }
     }

@@ -81,9 +81,7 @@ enum LinearWeight {
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: LinearWeight,
-    bias: Option<Tensor>,
-    /// The bias as plain values, for the slice path.
-    bias_values: Option<Vec<f32>>,
+    bias: Option<Vec<f32>>,
     /// Set on a `Split::Input` layer of a tensor group: its partial
     /// outputs are summed over the group (sharded-to-all).
     reduce: Option<Group>,
@@ -242,8 +240,7 @@ impl Linear {
         };
         Ok(Linear {
             weight,
-            bias_values: bias_values(bias.as_ref())?,
-            bias,
+            bias: bias_values(bias.as_ref())?,
             reduce: None,
             gather: None,
         })
@@ -348,8 +345,7 @@ impl Linear {
         let mut l = Linear::load_slice(loader, prefix, in_dim, out_dim, false, &rows)?;
         if bias {
             let b = loader.float(&format!("{prefix}.bias"), &[out_dim])?;
-            l.bias_values = bias_values(Some(&b))?;
-            l.bias = Some(b);
+            l.bias = bias_values(Some(&b))?;
         }
         l.gather = Some(Gather {
             group,
@@ -365,7 +361,6 @@ impl Linear {
         Ok(Linear {
             weight: LinearWeight::Quantized(qmatmul(q)?),
             bias: None,
-            bias_values: None,
             reduce: None,
             gather: None,
         })
@@ -436,7 +431,7 @@ impl Linear {
             None => y,
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => y.broadcast_add(&Tensor::new(b.as_slice(), y.device())?),
             None => Ok(y),
         }
     }
@@ -525,14 +520,7 @@ impl Linear {
                 let xt = Tensor::from_slice(x, (m, k), &candle_core::Device::Cpu)?;
                 for (l, out) in layers.iter().zip(outs.iter_mut()) {
                     let y = l.product(&xt)?.flatten_all()?.to_vec1::<f32>()?;
-                    if y.len() != out.len() {
-                        return Err(LmError::Candle(candle_core::Error::Msg(format!(
-                            "linear: {} outputs for a buffer of {}",
-                            y.len(),
-                            out.len()
-                        ))));
-                    }
-                    out.copy_from_slice(&y);
+                    crate::fused::copy_into("linear", &y, out)?;
                 }
             }
         }
@@ -544,7 +532,7 @@ impl Linear {
         if let Some(group) = &self.reduce {
             crate::tp::all_sum_slice(y, group)?;
         }
-        if let Some(b) = &self.bias_values {
+        if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(b.len()) {
                 for (v, &bi) in row.iter_mut().zip(b) {
                     *v += bi;

@@ -28,7 +28,25 @@ pub struct HeadRows<'a> {
     pub head_stride: usize,
 }
 
-impl HeadRows<'_> {
+impl<'a> HeadRows<'a> {
+    /// Heads of contiguous rows, `head_stride` elements apart.
+    pub fn contiguous(
+        data: &'a [f32],
+        heads: usize,
+        len: usize,
+        head_dim: usize,
+        head_stride: usize,
+    ) -> Self {
+        HeadRows {
+            data,
+            heads,
+            len,
+            head_dim,
+            row_stride: head_dim,
+            head_stride,
+        }
+    }
+
     /// Whether every row lies inside `data`.
     fn fits(&self) -> bool {
         if self.heads == 0 || self.len == 0 {
@@ -222,14 +240,7 @@ mod tests {
     }
 
     fn rows(data: &[f32], heads: usize, len: usize, hd: usize, stride: usize) -> HeadRows<'_> {
-        HeadRows {
-            data,
-            heads,
-            len,
-            head_dim: hd,
-            row_stride: hd,
-            head_stride: stride,
-        }
+        HeadRows::contiguous(data, heads, len, hd, stride)
     }
 
     /// Plain f64 attention of query row `i`, head `h`.

@@ -28,3 +28,15 @@ pub fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     }
     &mut buf[..n]
 }
+
+/// `src` into `dst`, which must be as long (values a candle op computed
+/// for one of the decoder's buffers).
+pub fn copy_into(what: &str, src: &[f32], dst: &mut [f32]) -> Result<(), crate::error::LmError> {
+    if src.len() != dst.len() {
+        return Err(crate::error::LmError::Candle(candle_core::Error::Msg(
+            format!("{what}: {} values for a buffer of {}", src.len(), dst.len()),
+        )));
+    }
+    dst.copy_from_slice(src);
+    Ok(())
+}

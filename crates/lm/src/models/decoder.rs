@@ -201,23 +201,6 @@ impl Decoder {
             .map_or(self.cfg.num_kv_heads, |b| b.attn.local_kv_heads())
     }
 
-    /// The full `[t, vocab]` logits into `all` from every rank's `[t,
-    /// range]` slice in `part`.
-    fn gather_vocab(
-        &self,
-        part: &[f32],
-        t: usize,
-        blocks: &mut Vec<f32>,
-        all: &mut Vec<f32>,
-    ) -> Result<(), LmError> {
-        let all = sized(all, t * self.cfg.vocab_size);
-        if self.group.size() <= 1 {
-            all.copy_from_slice(part);
-            return Ok(());
-        }
-        tp::gather_columns(&self.group, part, t, &self.vocab_widths, blocks, all)
-    }
-
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
     }
@@ -347,7 +330,7 @@ impl Decoder {
                 FeedForward::Dense(mlp) => mlp.forward_into(h, t, scratch, delta)?,
                 FeedForward::Sparse(moe) => {
                     let y = moe.forward(&Tensor::from_slice(&h[..], (t, hs), &Device::Cpu)?)?;
-                    delta.copy_from_slice(&y.flatten_all()?.to_vec1::<f32>()?);
+                    crate::fused::copy_into("moe", &y.flatten_all()?.to_vec1::<f32>()?, delta)?;
                 }
             }
             pending = true;
@@ -379,9 +362,14 @@ impl Decoder {
             }
             return Ok(Tensor::new(&[id], &Device::Cpu)?);
         }
-        self.gather_vocab(part, m, blocks, all)?;
         let vocab = self.cfg.vocab_size;
-        let out = &all[..m * vocab];
+        let out: &[f32] = if self.group.size() <= 1 {
+            part
+        } else {
+            let all = sized(all, m * vocab);
+            tp::gather_columns(&self.group, part, m, &self.vocab_widths, blocks, all)?;
+            all
+        };
         // Every tensor rank of the last stage holds the full logits; the
         // one in the driving rank's pipeline group hands them back.
         if stage != 0 && self.group.rank() == 0 {
@@ -398,18 +386,14 @@ impl Decoder {
     /// first largest of those (ranks hold ascending ranges), as one rank's
     /// argmax over all of them would pick.
     fn argmax_vocab(&self, part: &[f32]) -> Result<u32, LmError> {
-        let mut best = (f32::NEG_INFINITY, 0usize);
-        for (i, &v) in part.iter().enumerate() {
-            if v > best.0 {
-                best = (v, i);
-            }
-        }
+        let local = crate::sampling::argmax(part);
         let size = self.group.size();
-        let start: usize = self.vocab_widths[..self.group.rank()].iter().sum();
         if size <= 1 {
-            return Ok(best.1 as u32);
+            return Ok(local);
         }
-        let mine = [f64::from(best.0), (start + best.1) as f64];
+        let start: usize = self.vocab_widths[..self.group.rank()].iter().sum();
+        let value = part.get(local as usize).copied().unwrap_or(f32::NAN);
+        let mine = [f64::from(value), (start + local as usize) as f64];
         let mut all = [0f64; 2 * MAX_ARGMAX_RANKS];
         let all = all.get_mut(..2 * size).ok_or(LmError::Unsplittable {
             ranks: size,

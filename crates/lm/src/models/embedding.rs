@@ -90,15 +90,7 @@ impl Embedding {
         };
         let Some(q) = kernel else {
             let x = self.forward(tokens)?.flatten_all()?.to_vec1::<f32>()?;
-            if x.len() != out.len() {
-                return Err(LmError::Candle(candle_core::Error::Msg(format!(
-                    "embedding: {} values for a buffer of {}",
-                    x.len(),
-                    out.len()
-                ))));
-            }
-            out.copy_from_slice(&x);
-            return Ok(());
+            return crate::fused::copy_into("embedding", &x, out);
         };
         let (n, width) = q.shape().dims2()?;
         let ty = kernel_matmul::weight_type(q.dtype()).ok_or_else(|| {

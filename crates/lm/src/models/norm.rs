@@ -1,6 +1,5 @@
 //! RMSNorm with a learned scale.
 
-use candle_core::Tensor;
 use huddle_kernels::{Kernels, ops};
 
 use crate::error::LmError;
@@ -8,9 +7,7 @@ use crate::weights::Loader;
 
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    weight: Tensor,
-    /// The scale as plain values, for the slice path.
-    values: Vec<f32>,
+    weight: Vec<f32>,
     eps: f32,
 }
 
@@ -20,27 +17,20 @@ fn kernel_err(e: huddle_kernels::KernelError) -> LmError {
 
 impl RmsNorm {
     pub fn load(loader: &mut Loader, name: &str, dim: usize, eps: f64) -> Result<Self, LmError> {
-        let weight = loader.float(name, &[dim])?;
         Ok(RmsNorm {
-            values: weight.to_vec1::<f32>()?,
-            weight,
+            weight: loader.float(name, &[dim])?.to_vec1::<f32>()?,
             eps: eps as f32,
         })
     }
 
-    /// Normalizes over the last dimension of a contiguous tensor.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
-    }
-
     /// Rows of `x` normalized into `out`.
     pub fn forward_into(&self, x: &[f32], out: &mut [f32]) -> Result<(), LmError> {
-        ops::rms_norm(Kernels::best(), x, &self.values, self.eps, out).map_err(kernel_err)
+        ops::rms_norm(Kernels::best(), x, &self.weight, self.eps, out).map_err(kernel_err)
     }
 
     /// Rows of `x` normalized in place (per-head q/k norms).
     pub fn in_place(&self, x: &mut [f32]) -> Result<(), LmError> {
-        ops::rms_norm_in_place(Kernels::best(), x, &self.values, self.eps).map_err(kernel_err)
+        ops::rms_norm_in_place(Kernels::best(), x, &self.weight, self.eps).map_err(kernel_err)
     }
 
     /// The residual step: `x += delta`, then its rows normalized into `out`.
@@ -50,7 +40,7 @@ impl RmsNorm {
         delta: &[f32],
         out: &mut [f32],
     ) -> Result<(), LmError> {
-        ops::add_rms_norm(Kernels::best(), x, delta, &self.values, self.eps, out)
+        ops::add_rms_norm(Kernels::best(), x, delta, &self.weight, self.eps, out)
             .map_err(kernel_err)
     }
 }
