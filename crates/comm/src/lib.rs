@@ -20,7 +20,9 @@
 //!   Ranks on one host exchange data frames through shared-memory rings
 //!   instead (`transport::shm`), TCP staying their control channel.
 //! - `shm_wait`: a caller waiting on a shared-memory transfer moves the
-//!   bytes itself (bounded spin, then sleep on eventfds).
+//!   bytes itself (bounded spin, then sleep on eventfds); `contention`
+//!   tells it whether its thread has a core to itself, where it may spin
+//!   longer.
 //! - `progress`: a caller blocked on a small receive reads its peers'
 //!   sockets itself (one wake-up per message instead of two); small sends
 //!   are written by the caller too, when the I/O thread has nothing queued.
@@ -28,7 +30,8 @@
 //!   connection.
 //!
 //! This crate must never depend on an ML library, never spin a core while
-//! waiting, and never hang on a dead peer.
+//! waiting beyond a bounded spin (and none on a core another thread needs),
+//! and never hang on a dead peer.
 
 mod algo;
 mod auth;
@@ -36,6 +39,7 @@ mod bootstrap;
 mod calibrate;
 mod codec;
 mod config;
+mod contention;
 mod dtype;
 mod engine;
 mod env;

@@ -3,8 +3,10 @@
 //! the incoming ones (straight into the posted buffers), so a message
 //! costs no thread wake-up at all while both sides are in the call.
 //!
-//! With nothing to move it spins briefly (the peer is usually about to
-//! publish), then sleeps in `poll` on the rings' eventfds and its own
+//! With nothing to move it spins (the peer is usually about to publish):
+//! up to a millisecond while its thread has a core to itself
+//! (`contention`), briefly and only while spins pay where it shares one.
+//! Then it sleeps in `poll` on the rings' eventfds and its own
 //! eventfd, which `Shared::notify` signals on any completion or failure
 //! (a dead peer is noticed by the I/O thread on its TCP connection and
 //! wakes it that way). The sleep is cut into slices as a hang guard.
@@ -19,9 +21,17 @@ use crate::io_thread::Sink;
 use crate::transport::shm::ShmLink;
 use crate::transport::shm::ring;
 
-/// How long a caller spins before it sleeps: about a round trip of a
-/// small message between two busy cores, far below a scheduler tick.
+/// How long a caller spins before it sleeps where its thread shares a
+/// core: about a round trip of a small message between two busy cores,
+/// far below a scheduler tick.
 const SPIN: Duration = Duration::from_micros(30);
+
+/// How long it spins while its thread has a core to itself: longer than
+/// the jitter between ranks that compute the same share of a layer (tens
+/// to hundreds of microseconds), so that they meet without a wake-up;
+/// short enough that an idle rank (a chat waiting for its user) costs
+/// well under a core.
+const SPIN_ALONE: Duration = Duration::from_millis(1);
 
 /// Spinning pays only while the peer runs at the same time; on a machine
 /// with more runnable threads than cores it just takes the core the peer
@@ -178,8 +188,9 @@ pub(crate) fn wait(shared: &Shared, ticket: u64) -> Result<()> {
             continue;
         }
         let seen = Seen::take(&links);
-        let stirred = should_spin() && {
-            let until = Instant::now() + SPIN;
+        let alone = !crate::contention::core_shared();
+        let stirred = (alone || should_spin()) && {
+            let until = Instant::now() + if alone { SPIN_ALONE } else { SPIN };
             let mut spins = 0u32;
             let hit = loop {
                 if shared.events.load(Ordering::Acquire) != events || seen.changed(&links) {
@@ -191,7 +202,9 @@ pub(crate) fn wait(shared: &Shared, ticket: u64) -> Result<()> {
                 }
                 std::hint::spin_loop();
             };
-            spun(hit);
+            if !alone {
+                spun(hit);
+            }
             hit
         };
         if !stirred {
