@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Tensor- and pipeline-parallel inference figures (issue 6), printed as
 # numbers, not checked:
-#   scaling  decode tokens/s of TP=2 and PP=2 with each rank pinned to one
-#            core, against one rank pinned to one core (`huddle bench
-#            generate`, EOS ignored, median of REPS);
+#   scaling  decode tokens/s of TP=2 (summed and gathered) and PP=2 with
+#            each rank pinned to one core, against one rank pinned to one
+#            core (`huddle bench generate`, EOS ignored, median of REPS),
+#            in ROUNDS interleaved rounds; the medians of each round's ratio;
 #   comm     per generated token and rank: time in collectives, their
 #            count and bytes sent (`huddle generate -v`), beside the p50 of
 #            one all_sum of the hidden size (`huddle bench comm`) on the same
@@ -17,7 +18,7 @@
 # Usage: scripts/bench-parallel.sh [scaling|comm|memory|all]
 # Env: MODEL (default models/qwen2.5-0.5b-shape-q8_0.gguf, made by
 #      scripts/make-qwen05-gguf.sh), GEN (decode tokens, 64), PROMPT_TOKENS
-#      (16), REPS (3), HIDDEN (the model's hidden size, 896), LINK
+#      (16), REPS (3), ROUNDS (scaling's rounds, 5), HIDDEN (the model's hidden size, 896), LINK
 #      (local|shaped|testbed, default local), HUDDLE (default
 #      $CARGO_TARGET_DIR/release/huddle or target/release/huddle).
 set -euo pipefail
@@ -27,6 +28,7 @@ model=${MODEL:-$root/models/qwen2.5-0.5b-shape-q8_0.gguf}
 gen=${GEN:-64}
 prompt=${PROMPT_TOKENS:-16}
 reps=${REPS:-3}
+rounds=${ROUNDS:-5}
 hidden=${HIDDEN:-896}
 link=${LINK:-local}
 huddle=${HUDDLE:-${CARGO_TARGET_DIR:-$root/target}/release/huddle}
@@ -51,15 +53,27 @@ bench_args=(bench generate --model "$model" --prompt-tokens "$prompt" --gen-toke
 
 scaling() {
   echo "## compute scaling: decode tokens/s, one core per rank (taskset), $gen tokens after $prompt"
-  local one tp pp
-  one=$(taskset -c 0 "$huddle" "${bench_args[@]}" | decode_tps)
+  echo "## $rounds rounds of one rank, TP=2, TP=2 --tp-reduce gather, PP=2 in turn; ratios within a round"
   # shellcheck disable=SC2016
   local pin='exec taskset -c $HUDDLE_LOCAL_RANK "$0" "$@"'
-  tp=$("$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" | decode_tps)
-  pp=$("$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" --pipeline --pipeline-split even | decode_tps)
-  echo "one rank   $one tok/s"
-  echo "TP=2       $tp tok/s  $(python3 -c "print('%.2fx' % ($tp / $one))")"
-  echo "PP=2       $pp tok/s  $(python3 -c "print('%.2fx' % ($pp / $one))")"
+  local r one tp tpg pp ratios=()
+  for r in $(seq "$rounds"); do
+    one=$(taskset -c 0 "$huddle" "${bench_args[@]}" | decode_tps)
+    tp=$("$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" | decode_tps)
+    tpg=$("$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" --tp-reduce gather | decode_tps)
+    pp=$("$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" --pipeline --pipeline-split even | decode_tps)
+    echo "round $r: one rank $one tok/s; TP=2 $tp; TP=2 gathered $tpg; PP=2 $pp tok/s"
+    ratios+=("$one $tp $tpg $pp")
+  done
+  # Machine speed drifts between rounds (a shared VM): each round's ratios
+  # compare runs a minute apart, and the medians are over rounds.
+  printf '%s\n' "${ratios[@]}" | python3 -c '
+import statistics, sys
+rows = [[float(x) for x in line.split()] for line in sys.stdin if line.strip()]
+for i, name in ((1, "TP=2"), (2, "TP=2 gathered"), (3, "PP=2")):
+    rs = [row[i] / row[0] for row in rows]
+    print(f"{name:14} " + " / ".join(f"{r:.2f}" for r in rs) + f"x of one rank (median {statistics.median(rs):.2f}x)")
+'
 }
 
 # `huddle launch` over the hosts of this run: local ranks, or the shaped
