@@ -29,4 +29,4 @@ pub use activations::{ActivationType, Activations};
 pub use dot::{Isa, Kernels};
 pub use error::KernelError;
 pub use matmul::{WeightType, Weights, matmul, matmul_with};
-pub use pool::{ThreadPool, default_threads};
+pub use pool::{DisjointOut, ThreadPool, default_threads};

@@ -9,7 +9,7 @@ use crate::activations::{ActivationData, ActivationType, Activations};
 use crate::block::{Block, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, cast_blocks};
 use crate::dot::{Dot4, Kernels};
 use crate::error::KernelError;
-use crate::pool::ThreadPool;
+use crate::pool::{DisjointOut, ThreadPool};
 
 /// How a weight matrix is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -208,24 +208,16 @@ fn chunk_rows(n: usize, threads: usize) -> usize {
     n.div_ceil(threads * 8).max(16)
 }
 
-/// A pointer to `out` that tasks writing disjoint elements can share.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint index sets (distinct weight rows).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    // A method, so closures capture the whole (Sync) wrapper, not the raw field.
-    fn at(self, index: usize) -> *mut f32 {
-        self.0.wrapping_add(index)
-    }
-}
-
 /// One weight format's kernels for [`run`].
 struct RowKernels<W, A> {
     dot: fn(&[W], &[A]) -> f32,
     dot4: Dot4<W, A>,
+}
+
+impl<W, A> RowKernels<W, A> {
+    fn new(dot: fn(&[W], &[A]) -> f32, dot4: Dot4<W, A>) -> Self {
+        RowKernels { dot, dot4 }
+    }
 }
 
 /// A `[rows, row_len]` matrix stored as one slice.
@@ -234,7 +226,11 @@ struct Rows<'a, T> {
     row_len: usize,
 }
 
-impl<T> Rows<'_, T> {
+impl<'a, T> Rows<'a, T> {
+    fn new(data: &'a [T], row_len: usize) -> Self {
+        Rows { data, row_len }
+    }
+
     fn row(&self, i: usize) -> &[T] {
         &self.data[i * self.row_len..(i + 1) * self.row_len]
     }
@@ -253,7 +249,7 @@ fn run<W: Sync, A: Sync>(
     out: &mut [f32],
     k: RowKernels<W, A>,
 ) {
-    let out = OutPtr(out.as_mut_ptr());
+    let out = DisjointOut::new(out);
     // SAFETY (every write): i < m, j < n and out.len() == m * n (checked
     // by `matmul`); each j belongs to exactly one task.
     let put = |i: usize, j: usize, v: f32| unsafe { *out.at(i * n + j) = v };
@@ -319,65 +315,23 @@ pub fn matmul_with(
             actual: out.len(),
         });
     }
-    let rows = |elems: usize| k / elems;
+    // Row lengths in the format's own units: floats, or blocks of 32 or 256.
+    let blocks = |elems: usize| k / elems;
     match (weights.data, acts.data()) {
         (WeightData::F32(w), ActivationData::F32(a)) => {
-            let kern = RowKernels {
-                dot: kernels.f32_f32,
-                dot4: kernels.f32_f32_x4,
-            };
-            run(
-                pool,
-                Rows {
-                    data: w,
-                    row_len: k,
-                },
-                Rows {
-                    data: a,
-                    row_len: k,
-                },
-                m,
-                n,
-                out,
-                kern,
-            )
+            let kern = RowKernels::new(kernels.f32_f32, kernels.f32_f32_x4);
+            run(pool, Rows::new(w, k), Rows::new(a, k), m, n, out, kern)
         }
         (WeightData::F16(w), ActivationData::F32(a)) => {
-            let kern = RowKernels {
-                dot: kernels.f16_f32,
-                dot4: kernels.f16_f32_x4,
-            };
-            run(
-                pool,
-                Rows {
-                    data: w,
-                    row_len: k,
-                },
-                Rows {
-                    data: a,
-                    row_len: k,
-                },
-                m,
-                n,
-                out,
-                kern,
-            )
+            let kern = RowKernels::new(kernels.f16_f32, kernels.f16_f32_x4);
+            run(pool, Rows::new(w, k), Rows::new(a, k), m, n, out, kern)
         }
         (WeightData::Q4_0(w), ActivationData::Q8_0(a)) => {
-            let kern = RowKernels {
-                dot: kernels.q4_0_q8_0,
-                dot4: kernels.q4_0_q8_0_x4,
-            };
+            let kern = RowKernels::new(kernels.q4_0_q8_0, kernels.q4_0_q8_0_x4);
             run(
                 pool,
-                Rows {
-                    data: w,
-                    row_len: rows(32),
-                },
-                Rows {
-                    data: a,
-                    row_len: rows(32),
-                },
+                Rows::new(w, blocks(32)),
+                Rows::new(a, blocks(32)),
                 m,
                 n,
                 out,
@@ -385,20 +339,11 @@ pub fn matmul_with(
             )
         }
         (WeightData::Q8_0(w), ActivationData::Q8_0(a)) => {
-            let kern = RowKernels {
-                dot: kernels.q8_0_q8_0,
-                dot4: kernels.q8_0_q8_0_x4,
-            };
+            let kern = RowKernels::new(kernels.q8_0_q8_0, kernels.q8_0_q8_0_x4);
             run(
                 pool,
-                Rows {
-                    data: w,
-                    row_len: rows(32),
-                },
-                Rows {
-                    data: a,
-                    row_len: rows(32),
-                },
+                Rows::new(w, blocks(32)),
+                Rows::new(a, blocks(32)),
                 m,
                 n,
                 out,
@@ -406,20 +351,11 @@ pub fn matmul_with(
             )
         }
         (WeightData::Q4_1(w), ActivationData::Q8_1(a)) => {
-            let kern = RowKernels {
-                dot: kernels.q4_1_q8_1,
-                dot4: kernels.q4_1_q8_1_x4,
-            };
+            let kern = RowKernels::new(kernels.q4_1_q8_1, kernels.q4_1_q8_1_x4);
             run(
                 pool,
-                Rows {
-                    data: w,
-                    row_len: rows(32),
-                },
-                Rows {
-                    data: a,
-                    row_len: rows(32),
-                },
+                Rows::new(w, blocks(32)),
+                Rows::new(a, blocks(32)),
                 m,
                 n,
                 out,
@@ -427,20 +363,11 @@ pub fn matmul_with(
             )
         }
         (WeightData::Q4K(w), ActivationData::Q8K(a)) => {
-            let kern = RowKernels {
-                dot: kernels.q4_k_q8_k,
-                dot4: kernels.q4_k_q8_k_x4,
-            };
+            let kern = RowKernels::new(kernels.q4_k_q8_k, kernels.q4_k_q8_k_x4);
             run(
                 pool,
-                Rows {
-                    data: w,
-                    row_len: rows(256),
-                },
-                Rows {
-                    data: a,
-                    row_len: rows(256),
-                },
+                Rows::new(w, blocks(256)),
+                Rows::new(a, blocks(256)),
                 m,
                 n,
                 out,
@@ -448,20 +375,11 @@ pub fn matmul_with(
             )
         }
         (WeightData::Q6K(w), ActivationData::Q8K(a)) => {
-            let kern = RowKernels {
-                dot: kernels.q6_k_q8_k,
-                dot4: kernels.q6_k_q8_k_x4,
-            };
+            let kern = RowKernels::new(kernels.q6_k_q8_k, kernels.q6_k_q8_k_x4);
             run(
                 pool,
-                Rows {
-                    data: w,
-                    row_len: rows(256),
-                },
-                Rows {
-                    data: a,
-                    row_len: rows(256),
-                },
+                Rows::new(w, blocks(256)),
+                Rows::new(a, blocks(256)),
                 m,
                 n,
                 out,

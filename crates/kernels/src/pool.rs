@@ -62,6 +62,29 @@ impl Shared {
     }
 }
 
+/// An output buffer the tasks of one [`ThreadPool::parallel_for`] share,
+/// each writing only its own elements (distinct rows or ranges), which the
+/// borrow checker cannot see through the closure.
+#[derive(Clone, Copy)]
+pub struct DisjointOut(*mut f32);
+
+// SAFETY: a raw pointer to f32s; `at`'s callers promise disjoint writes.
+unsafe impl Send for DisjointOut {}
+unsafe impl Sync for DisjointOut {}
+
+impl DisjointOut {
+    pub fn new(out: &mut [f32]) -> Self {
+        DisjointOut(out.as_mut_ptr())
+    }
+
+    /// A pointer to element `index`. Writing through it is sound only
+    /// within the buffer, while it lives, and where no other task writes.
+    /// (A method, so closures capture the whole Sync wrapper, not the field.)
+    pub fn at(self, index: usize) -> *mut f32 {
+        self.0.wrapping_add(index)
+    }
+}
+
 /// A fixed set of worker threads that run parallel loops with the caller.
 pub struct ThreadPool {
     shared: Arc<Shared>,

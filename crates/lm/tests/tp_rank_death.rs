@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-
 use huddle_lm::engine::{self, Step};
 use huddle_lm::{LoadOptions, Logits, Model};
 
@@ -42,51 +39,18 @@ fn a_rank_dying_mid_step_ends_every_rank_with_an_error_naming_it() {
     if let Some(rank) = std::env::var(ROLE).ok().and_then(|r| r.parse().ok()) {
         rank_main(rank);
     }
-    let size = 3;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let token: String = (0..16)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..size)
-        .map(|rank| {
-            Command::new(&exe)
-                .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-                .env(ROLE, rank.to_string())
-                .env("HUDDLE_RANK", rank.to_string())
-                .env("HUDDLE_WORLD_SIZE", size.to_string())
-                .env("HUDDLE_COORDINATOR", format!("127.0.0.1:{port}"))
-                .env("HUDDLE_JOB_TOKEN", &token)
-                // A hang guard only: a closed socket is noticed at once.
-                .env("HUDDLE_PEER_TIMEOUT", "20")
-                .env_remove("HUDDLE_LOCAL_RANK")
-                .env_remove("HUDDLE_LOCAL_SIZE")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (rank, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    for (rank, exit) in common::run_ranks(ROLE, TEST, 3).iter().enumerate() {
         if rank == DYING {
             assert_eq!(
-                out.status.code(),
+                exit.code,
                 Some(3),
-                "rank {rank}: {stdout}\n{stderr}"
+                "rank {rank}: {}\n{}",
+                exit.stdout,
+                exit.stderr
             );
             continue;
         }
-        let line = stdout
-            .lines()
-            .find_map(|l| l.find("OUTCOME").map(|at| &l[at..]))
-            .unwrap_or_else(|| panic!("rank {rank} reported nothing: {stdout}\n{stderr}"));
+        let line = exit.outcome(rank);
         assert!(
             line.contains("error") && line.contains(&format!("rank {DYING}")),
             "rank {rank}: {line}"

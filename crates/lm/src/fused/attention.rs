@@ -97,20 +97,6 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A pointer to the output that tasks writing disjoint rows can share.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only its own (row, head) ranges.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    // A method, so closures capture the whole (Sync) wrapper.
-    fn at(self, index: usize) -> *mut f32 {
-        self.0.wrapping_add(index)
-    }
-}
-
 impl Problem<'_> {
     fn check(&self, out_len: usize) -> Result<(), AttentionError> {
         let (q, k, v) = (&self.queries, &self.keys, &self.values);
@@ -162,7 +148,7 @@ impl Problem<'_> {
     ) -> Result<(), AttentionError> {
         self.check(out.len())?;
         let (t, heads, hd) = (self.queries.len, self.queries.heads, self.queries.head_dim);
-        let ptr = OutPtr(out.as_mut_ptr());
+        let ptr = huddle_kernels::DisjointOut::new(out);
         let pairs = t * heads;
         let chunk = pairs.div_ceil(pool.threads() * 4).max(1);
         pool.parallel_for(pairs, chunk, |range| {

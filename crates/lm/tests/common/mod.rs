@@ -64,3 +64,72 @@ pub fn smollm2() -> PathBuf {
     );
     p
 }
+
+/// What each rank process of [`run_ranks`] printed and how it exited.
+pub struct RankExit {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RankExit {
+    /// The rank's `OUTCOME ...` line, or a panic showing what it printed.
+    pub fn outcome(&self, rank: usize) -> &str {
+        self.stdout
+            .lines()
+            .find_map(|l| l.find("OUTCOME").map(|at| &l[at..]))
+            .unwrap_or_else(|| {
+                panic!(
+                    "rank {rank} reported nothing: {}\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+}
+
+/// Runs `size` ranks of a job on loopback as real processes: the test
+/// binary re-runs test `test` once per rank with the launcher's
+/// environment (HUDDLE_RANK, HUDDLE_COORDINATOR, ...) and `role` set to
+/// the rank, which that test reads to play its part. Waits for them all.
+pub fn run_ranks(role: &str, test: &str, size: usize) -> Vec<RankExit> {
+    use std::process::{Command, Stdio};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token: String = (0..16)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..size)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["--exact", test, "--nocapture", "--test-threads=1"])
+                .env(role, rank.to_string())
+                .env("HUDDLE_RANK", rank.to_string())
+                .env("HUDDLE_WORLD_SIZE", size.to_string())
+                .env("HUDDLE_COORDINATOR", format!("127.0.0.1:{port}"))
+                .env("HUDDLE_JOB_TOKEN", &token)
+                // A hang guard only: a closed socket is noticed at once.
+                .env("HUDDLE_PEER_TIMEOUT", "20")
+                .env_remove("HUDDLE_LOCAL_RANK")
+                .env_remove("HUDDLE_LOCAL_SIZE")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            RankExit {
+                code: out.status.code(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+        .collect()
+}
