@@ -18,8 +18,9 @@ use crate::block::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_
 /// How far ahead of the weight block being read a one-row product (decode)
 /// asks for weight bytes. Decode streams every weight from memory once per
 /// token with little arithmetic per byte, and the hardware prefetcher
-/// alone left it well below a plain read loop's bandwidth; 2 KiB ahead
-/// (swept over 0.5-4 KiB) gave the best Qwen2.5-0.5B-shape decode here.
+/// alone left it well below a plain read loop's bandwidth. In a noisy
+/// sweep of 0.5-4 KiB on Qwen2.5-0.5B-shape decode, 2 and 4 KiB did about
+/// equally well and better than less.
 /// Prompt products (R = 4) reuse each weight block four times and are
 /// bound by arithmetic: they are left to the hardware.
 const PREFETCH_AHEAD: usize = 2048;
