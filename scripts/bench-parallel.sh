@@ -4,7 +4,8 @@
 #   scaling  decode tokens/s of TP=2 (summed and gathered) and PP=2 with
 #            each rank pinned to one core, against one rank pinned to one
 #            core (`huddle bench generate`, EOS ignored, median of REPS),
-#            in ROUNDS interleaved rounds; the medians of each round's ratio;
+#            in ROUNDS rounds where a one-rank run comes before and after
+#            every split run; the medians of the ratios;
 #   comm     per generated token and rank: time in collectives, their
 #            count and bytes sent (`huddle generate -v`), beside the p50 of
 #            one all_sum of the hidden size (`huddle bench comm`) on the same
@@ -53,25 +54,36 @@ bench_args=(bench generate --model "$model" --prompt-tokens "$prompt" --gen-toke
 
 scaling() {
   echo "## compute scaling: decode tokens/s, one core per rank (taskset), $gen tokens after $prompt"
-  echo "## $rounds rounds of one rank, TP=2, TP=2 --tp-reduce gather, PP=2 in turn; ratios within a round"
+  echo "## $rounds rounds of: one rank, TP=2, one rank, TP=2 --tp-reduce gather, one rank, PP=2;"
+  echo "## each split run's ratio is to the mean of the one-rank runs just before and after it"
   # shellcheck disable=SC2016
   local pin='exec taskset -c $HUDDLE_LOCAL_RANK "$0" "$@"'
-  local r one tp tpg pp ratios=()
+  local r runs=()
+  one() { taskset -c 0 "$huddle" "${bench_args[@]}" | decode_tps; }
+  split() { "$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" "$@" | decode_tps; }
   for r in $(seq "$rounds"); do
-    one=$(taskset -c 0 "$huddle" "${bench_args[@]}" | decode_tps)
-    tp=$("$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" | decode_tps)
-    tpg=$("$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" --tp-reduce gather | decode_tps)
-    pp=$("$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" --pipeline --pipeline-split even | decode_tps)
-    echo "round $r: one rank $one tok/s; TP=2 $tp; TP=2 gathered $tpg; PP=2 $pp tok/s"
-    ratios+=("$one $tp $tpg $pp")
+    local o1 tp o2 tpg o3 pp
+    o1=$(one)
+    tp=$(split)
+    o2=$(one)
+    tpg=$(split --tp-reduce gather)
+    o3=$(one)
+    pp=$(split --pipeline --pipeline-split even)
+    echo "round $r: one rank $o1, TP=2 $tp, one rank $o2, TP=2 gathered $tpg, one rank $o3, PP=2 $pp tok/s"
+    runs+=("$o1" "$tp" "$o2" "$tpg" "$o3" "$pp")
   done
-  # Machine speed drifts between rounds (a shared VM): each round's ratios
-  # compare runs a minute apart, and the medians are over rounds.
-  printf '%s\n' "${ratios[@]}" | python3 -c '
+  local last
+  last=$(one)
+  echo "last: one rank $last tok/s"
+  runs+=("$last")
+  # Machine speed drifts by about 10% between minutes (a shared VM): a
+  # split run is compared with the one-rank runs that bracket it, tens of
+  # seconds apart, and the medians are over rounds.
+  echo "${runs[@]}" | python3 -c '
 import statistics, sys
-rows = [[float(x) for x in line.split()] for line in sys.stdin if line.strip()]
-for i, name in ((1, "TP=2"), (2, "TP=2 gathered"), (3, "PP=2")):
-    rs = [row[i] / row[0] for row in rows]
+v = [float(x) for x in sys.stdin.read().split()]
+for k, name in ((1, "TP=2"), (3, "TP=2 gathered"), (5, "PP=2")):
+    rs = [v[i] / ((v[i - 1] + v[i + 1]) / 2) for i in range(k, len(v) - 1, 6)]
     print(f"{name:14} " + " / ".join(f"{r:.2f}" for r in rs) + f"x of one rank (median {statistics.median(rs):.2f}x)")
 '
 }

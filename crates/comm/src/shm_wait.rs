@@ -4,7 +4,7 @@
 //! costs no thread wake-up at all while both sides are in the call.
 //!
 //! With nothing to move it spins (the peer is usually about to publish):
-//! up to a millisecond while its thread has a core to itself
+//! up to 50 ms while its thread has a core to itself
 //! (`contention`), briefly and only while spins pay where it shares one.
 //! Then it sleeps in `poll` on the rings' eventfds and its own
 //! eventfd, which `Shared::notify` signals on any completion or failure
@@ -28,10 +28,13 @@ const SPIN: Duration = Duration::from_micros(30);
 
 /// How long it spins while its thread has a core to itself: longer than
 /// the jitter between ranks that compute the same share of a layer (tens
-/// to hundreds of microseconds), so that they meet without a wake-up;
-/// short enough that an idle rank (a chat waiting for its user) costs
-/// well under a core.
-const SPIN_ALONE: Duration = Duration::from_millis(1);
+/// to hundreds of microseconds), and longer than a pipeline stage usually
+/// waits for the other stages of a small model's token (tens of ms). On
+/// a virtual machine a core that went idle can take a millisecond or more
+/// to come back: pipeline-parallel decode on the dev VM ran 5-10% slower
+/// with a 1 ms spin than with this one. An idle rank (a chat waiting for
+/// its user) spins this long once per wait, then sleeps.
+const SPIN_ALONE: Duration = Duration::from_millis(50);
 
 /// Spinning pays only while the peer runs at the same time; on a machine
 /// with more runnable threads than cores it just takes the core the peer
