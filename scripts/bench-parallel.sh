@@ -59,21 +59,21 @@ scaling() {
   # shellcheck disable=SC2016
   local pin='exec taskset -c $HUDDLE_LOCAL_RANK "$0" "$@"'
   local r runs=()
-  one() { taskset -c 0 "$huddle" "${bench_args[@]}" | decode_tps; }
-  split() { "$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" "$@" | decode_tps; }
+  one_rank() { taskset -c 0 "$huddle" "${bench_args[@]}" | decode_tps; }
+  two_ranks() { "$huddle" launch -n 2 -- sh -c "$pin" "$huddle" "${bench_args[@]}" "$@" | decode_tps; }
   for r in $(seq "$rounds"); do
     local o1 tp o2 tpg o3 pp
-    o1=$(one)
-    tp=$(split)
-    o2=$(one)
-    tpg=$(split --tp-reduce gather)
-    o3=$(one)
-    pp=$(split --pipeline --pipeline-split even)
+    o1=$(one_rank)
+    tp=$(two_ranks)
+    o2=$(one_rank)
+    tpg=$(two_ranks --tp-reduce gather)
+    o3=$(one_rank)
+    pp=$(two_ranks --pipeline --pipeline-split even)
     echo "round $r: one rank $o1, TP=2 $tp, one rank $o2, TP=2 gathered $tpg, one rank $o3, PP=2 $pp tok/s"
     runs+=("$o1" "$tp" "$o2" "$tpg" "$o3" "$pp")
   done
   local last
-  last=$(one)
+  last=$(one_rank)
   echo "last: one rank $last tok/s"
   runs+=("$last")
   # Machine speed drifts by about 10% between minutes (a shared VM): a

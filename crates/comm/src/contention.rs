@@ -7,7 +7,8 @@
 //! another runnable thread (more ranks than cores, or a busy machine):
 //! there a spinning waiter takes time its peer may need. A thread that
 //! never waited can spin for as long as a peer usually takes, which saves
-//! a wake-up (tens of microseconds) per message. Where the file cannot be
+//! a wake-up (tens of microseconds, a millisecond or more for an idle
+//! virtual CPU) per message. Where the file cannot be
 //! read the answer is always "shared", the safe side.
 //!
 //! Every wake-up from a sleep adds its own latency to the run delay (on a
